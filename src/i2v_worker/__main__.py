@@ -1,0 +1,3 @@
+from i2v_worker.cli import main
+
+raise SystemExit(main())

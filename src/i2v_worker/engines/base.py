@@ -1,0 +1,102 @@
+"""The line between the worker and an engine (cog's predictor interface, in spirit).
+
+The worker validates a job, fetches and re-encodes the image, makes sure the models the request
+needs are in the store, and then hands an engine a `GenerationRequest`. The engine returns a
+`GeneratedVideo` (an MP4 on local disk) or raises `EngineError` with a readable message. Engines
+never read the environment and never download anything.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Protocol, runtime_checkable
+
+
+class ModelRole(str, enum.Enum):
+    """The five slots of the Wan2.2 I2V graph; a manifest preset maps each to one model entry."""
+
+    HIGH_NOISE = "high_noise"  # expert that runs the first `high_noise_steps` steps
+    LOW_NOISE = "low_noise"  # expert that runs the remaining steps
+    TEXT_ENCODER = "text_encoder"  # UMT5-XXL fp8-scaled, with embedded SentencePiece model
+    VAE = "vae"  # Wan 2.1 VAE
+    LORA = "lora"  # lightx2v step-distill LoRA, applied to both experts
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    job_id: str
+    image_png: bytes  # the input image, already decoded, EXIF-rotated and re-encoded as PNG
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    length: int  # frames, 4k+1
+    fps: int
+    steps: int
+    high_noise_steps: int  # steps [0, high_noise_steps) on the high-noise expert, the rest on the low-noise one
+    cfg: float
+    shift: float
+    seed: int
+    lora_strength_high: float
+    lora_strength_low: float
+    # role -> (model entry name, published path); LORA absent when both strengths are 0
+    models: dict[ModelRole, tuple[str, Path]] = field(default_factory=dict)
+    output_dir: Path = Path("out")
+
+
+@dataclass(frozen=True)
+class EngineProgress:
+    """Sampling progress: `step` of `total` steps over both experts; `stage` is e.g. 'sampling'."""
+
+    stage: str
+    step: int
+    total: int
+    message: str = ""
+
+
+@dataclass
+class GeneratedVideo:
+    path: Path  # the MP4 on local disk (the worker deletes it after delivery)
+    width: int
+    height: int
+    frames: int
+    fps: int
+    timings: dict[str, float] = field(default_factory=dict)  # engine-side: queue, inference, encode (s)
+
+
+class EngineError(Exception):
+    """A failure the user sees: `message` is one readable line, `details` carries the rest.
+
+    `code` is the worker's `error_code` (engine_error, engine_unavailable, timeout, cancelled,
+    model_error); `log_tail` holds the last lines of the engine's log when it crashed.
+    """
+
+    def __init__(self, message: str, *, code: str = "engine_error", details: Any = None, log_tail: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.details = details
+        self.log_tail = log_tail
+
+
+ProgressFn = Callable[[EngineProgress], None]
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str
+
+    async def start(self) -> None:
+        """Start (or attach to) the engine; returns once it can take a job or raises EngineError."""
+
+    async def generate(self, request: GenerationRequest, progress: ProgressFn) -> GeneratedVideo:
+        """Run one job. Cancelling the awaiting task interrupts the engine's work for this job
+        (ComfyUI `/interrupt`, diffusers between steps) before CancelledError propagates."""
+
+    async def health(self) -> dict[str, Any]:
+        """Readiness, versions and device, without generating."""
+
+    async def close(self) -> None:
+        """Stop child processes and release memory."""

@@ -1,0 +1,55 @@
+"""Errors of the model store. Each says what failed, for which model and URL, and what to do."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base class. `model` is the manifest entry name when one is concerned."""
+
+    def __init__(self, message: str, *, model: str | None = None, hint: str | None = None):
+        self.model = model
+        self.hint = hint
+        text = message if model is None or model in message else f"{model}: {message}"
+        if hint:
+            text = f"{text} ({hint})"
+        super().__init__(text)
+
+
+class ManifestError(StoreError):
+    """A manifest problem, located by file, entry and field."""
+
+    def __init__(self, message: str, *, file: str, entry: str | None = None, field: str | None = None):
+        self.file, self.entry, self.field = file, entry, field
+        where = file + (f": models.{entry}" if entry else "") + (f".{field}" if field else "")
+        super().__init__(f"{where}: {message}")
+
+
+class DownloadError(StoreError):
+    """A transfer failed. `permanent` errors (401, 404, size or hash mismatch) are not retried."""
+
+    def __init__(self, message: str, *, model: str | None = None, url: str | None = None,
+                 hint: str | None = None, permanent: bool = False, status: int | None = None):
+        self.url, self.permanent, self.status = url, permanent, status
+        if url and url not in message:
+            message = f"{message} [{url}]"
+        super().__init__(message, model=model, hint=hint)
+
+
+class IntegrityError(DownloadError):
+    """Downloaded bytes do not match the expected size or sha256; nothing was published."""
+
+    def __init__(self, message: str, **kw):
+        kw.setdefault("permanent", True)
+        super().__init__(message, **kw)
+
+
+class OfflineError(StoreError):
+    """HF_HUB_OFFLINE=1 and the model is not in the store."""
+
+
+class DiskFullError(StoreError):
+    """Not enough free space (before starting, or ENOSPC while writing); temp files were removed."""
+
+
+class LeaseTimeout(StoreError):
+    """Another worker holds the download lease and did not finish within the wait limit."""
