@@ -8,40 +8,51 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 
 from i2v_worker import __version__
 
-# (module, description) of every package that contributes commands.
-_COMMAND_MODULES = (
-    "i2v_worker.store.cli",  # models fetch/status/verify/gc/get
-    "i2v_worker.worker.cli",  # serve, run, schema, submit
-    "i2v_worker.tiny.cli",  # tiny generate
-)
+# Top-level command -> the module that registers it. Only the module owning the command being run
+# is imported, so `models status` does not pay for the client's or the generator's imports.
+_COMMANDS = {
+    "models": "i2v_worker.store.cli",  # models fetch/status/verify/gc/get
+    "serve": "i2v_worker.worker.cli",
+    "run": "i2v_worker.worker.cli",
+    "schema": "i2v_worker.worker.cli",
+    "tiny": "i2v_worker.tiny.cli",  # tiny generate
+    "submit": "i2v_worker.client.cli",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _modules_for(argv: list[str]) -> list[str]:
+    args = iter(argv)
+    command = None
+    for arg in args:
+        if arg == "--log-level":
+            next(args, None)  # skip the option's value
+        elif not arg.startswith("-"):
+            command = arg
+            break
+    if command in _COMMANDS:
+        return [_COMMANDS[command]]
+    return list(dict.fromkeys(_COMMANDS.values()))  # help or a typo: list every command
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="i2v-worker", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"i2v-worker {__version__}")
     parser.add_argument(
         "--log-level", default=os.environ.get("I2V_LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING (env I2V_LOG_LEVEL)"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a package still being built: its commands are absent
-            if exc.name and exc.name.startswith("i2v_worker"):
-                continue
-            raise
-        module.register(sub)
+    for name in _modules_for(sys.argv[1:] if argv is None else argv):
+        importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     # The runpod SDK parses sys.argv itself (--rp_serve_api, --test_input ...): pass unknown
     # arguments through to the commands that hand them on.
     args, extra = parser.parse_known_args(argv)

@@ -40,6 +40,7 @@ class Settings(BaseModel):
     hf_endpoint: str = Field("https://huggingface.co", description="HF_ENDPOINT: Hugging Face hub or mirror")
     hf_token: str | None = Field(None, description="HF_TOKEN (or the token file under HF_HOME): sent to the hub only")
     hf_offline: bool = Field(False, description="HF_HUB_OFFLINE: 1 means no network at all; only models already in the store are used")
+    manifest_vars: dict[str, str] = Field(default_factory=dict, description="I2V_*: every I2V_* environment variable, available as ${VAR} in manifest sources (e.g. I2V_TINY_DIR for the tiny preset)")
 
     # --- engine --------------------------------------------------------------------------------
     engine: Literal["comfyui", "diffusers"] = Field("comfyui", description="I2V_ENGINE: comfyui (production) or diffusers (in-process)")
@@ -64,6 +65,9 @@ class Settings(BaseModel):
     bucket_region: str | None = Field(None, description="BUCKET_REGION")
     url_expiry_s: int = Field(7 * 24 * 3600, description="I2V_URL_EXPIRY_S: lifetime of a presigned video URL")
 
+    # --- client side (`i2v-worker submit`) -------------------------------------------------------
+    runpod_api_key: str | None = Field(None, repr=False, description="RUNPOD_API_KEY: API key `i2v-worker submit` sends to api.runpod.ai (client side only; the worker never uses it)")
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
         env = dict(os.environ if environ is None else environ)
@@ -80,6 +84,7 @@ class Settings(BaseModel):
             "BUCKET_ENDPOINT_URL": "bucket_endpoint_url", "BUCKET_ACCESS_KEY_ID": "bucket_access_key_id",
             "BUCKET_SECRET_ACCESS_KEY": "bucket_secret_access_key", "BUCKET_NAME": "bucket_name",
             "BUCKET_REGION": "bucket_region", "I2V_URL_EXPIRY_S": "url_expiry_s",
+            "RUNPOD_API_KEY": "runpod_api_key",
         }
         for var, field in simple.items():
             if env.get(var):
@@ -91,6 +96,7 @@ class Settings(BaseModel):
         if env.get("I2V_IMAGE_HOSTS"):
             values["image_host_allowlist"] = tuple(h.strip().lower() for h in env["I2V_IMAGE_HOSTS"].split(",") if h.strip())
         values["hf_token"] = env.get("HF_TOKEN") or _token_file(env)
+        values["manifest_vars"] = {k: v for k, v in env.items() if k.startswith("I2V_")}
         values.update(overrides)
         return cls(**values)
 

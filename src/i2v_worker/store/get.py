@@ -1,0 +1,147 @@
+"""`i2v-worker models get URL DEST`: one-off download of a single URL with the store's engine.
+
+Same guarantees as the store (own temp file next to DEST, size/sha256 verified, atomic rename,
+resume after a kill), without a manifest. Used by users and by bench/ (keep imports lean: no torch).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from i2v_worker.store import disk
+from i2v_worker.store.errors import DiskFullError, IntegrityError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from i2v_worker.config import Settings
+
+
+@dataclass(frozen=True)
+class GetResult:
+    path: Path
+    size: int
+    sha256: str
+    seconds: float
+    resumed_bytes: int
+    fetched_bytes: int
+
+
+def _dest_path(url_path: str | None, dest: Path) -> Path:
+    if dest.is_dir():
+        name = (url_path or "").rstrip("/").rsplit("/", 1)[-1] or "download"
+        return dest / name
+    return dest
+
+
+def get_url(url: str, dest: str | Path, *, settings: "Settings", sha256: str | None = None,
+            size: int | None = None, progress: Callable[[int, int | None], None] | None = None,
+            cancel: threading.Event | None = None, show_progress: bool | None = None) -> GetResult:
+    from i2v_worker.store.sources import HubConfig, SourceResolver, parse_source, redact_url
+    from i2v_worker.store.transfer import Downloader, TransferConfig, make_client
+
+    try:
+        src = parse_source(url)
+    except ValueError as exc:
+        raise IntegrityError(f"bad URL {redact_url(url)!r}: {exc}", hint="use hf://org/repo@rev/path or https://...",
+                             permanent=True) from None
+    url_path = src.path if src.scheme in ("hf", "file", "s3") else (src.url or "").split("?", 1)[0]
+    dest_path = _dest_path(url_path, Path(dest).expanduser())
+    dest_path.parent.mkdir(parents=True, exist_ok=True)
+    if sha256 is not None:
+        sha256 = sha256.strip().lower()
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise IntegrityError("--sha256 must be 64 hexadecimal characters", permanent=True)
+
+    transfer = TransferConfig.from_settings(settings)
+    client = make_client(transfer)
+    resolver = SourceResolver(HubConfig.from_settings(settings), client=client)
+    downloader = Downloader(transfer, client, resolver=resolver)
+    writer = disk.new_writer_id()
+    temp = dest_path.parent / disk.part_name(dest_path.name, writer)
+    _adopt(dest_path, temp)
+
+    t0 = time.monotonic()
+    resolved = resolver.resolve(src, model=dest_path.name)
+    bar = None
+    if show_progress is None:
+        show_progress = sys.stderr.isatty()
+    if show_progress and progress is None:
+        bar = _Bar(dest_path.name, resolved.size if size is None else size)
+        progress = bar.update
+    try:
+        got = downloader.download(resolved, temp, model=dest_path.name,
+                                  reresolve=lambda: resolver.resolve(src, model=dest_path.name),
+                                  progress=progress, cancel=cancel, expected_size=size, expected_sha256=sha256)
+        disk.fsync_file(temp)
+        os.replace(temp, dest_path)
+    except (IntegrityError, DiskFullError):
+        disk.remove_quietly(temp, Path(str(temp) + ".json"), Path(str(temp) + ".json.tmp"))
+        raise
+    except OSError as exc:
+        if disk.is_enospc(exc):
+            disk.remove_quietly(temp, Path(str(temp) + ".json"), Path(str(temp) + ".json.tmp"))
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    disk.remove_quietly(Path(str(temp) + ".json"), Path(str(temp) + ".json.tmp"))
+    disk.fsync_dir(dest_path.parent)
+    return GetResult(dest_path, got.size, got.sha256, time.monotonic() - t0, got.resumed_bytes, got.fetched_bytes)
+
+
+def _adopt(dest: Path, temp: Path) -> None:
+    """Reuse the part file of an earlier `get` of the same DEST whose process is gone."""
+    host = disk.this_host()
+    best = None
+    try:
+        names = os.listdir(dest.parent)
+    except OSError:
+        return
+    for n in names:
+        parsed = disk.parse_part_name(n, {dest.name})
+        if parsed is None or not n.endswith(disk.PART_SUFFIX):
+            continue
+        w = disk.parse_writer_id(parsed[1])
+        if w is None or w[0] != host or _alive(w[1]):
+            continue
+        part = dest.parent / n
+        got = disk.part_progress(part)
+        if best is None or got > best[0]:
+            best = (got, part)
+    if best is None:
+        return
+    try:
+        os.replace(best[1], temp)
+        os.replace(str(best[1]) + ".json", str(temp) + ".json")
+    except FileNotFoundError:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+class _Bar:
+    def __init__(self, name: str, total: int | None) -> None:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+        self._p = Progress(TextColumn(name), BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=True)
+        self._task = self._p.add_task(name, total=total)
+        self._p.start()
+
+    def update(self, done: int, total: int | None = None) -> None:
+        self._p.update(self._task, completed=done, total=total)
+
+    def close(self) -> None:
+        self._p.stop()

@@ -1,0 +1,651 @@
+"""The model store: verified, atomic, resumable, shared delivery of the manifest's model files.
+
+Layout under the store root R (a contract with the engines and tests):
+
+- `R/<folder>/<name>`: a published model (folder = the manifest's ComfyUI folder).
+- `R/<folder>/.<name>.<writer id>.part` (+ `.part.json`, the transfer engine's resume state): a
+  writer's own temp file; ComfyUI never lists dot files.
+- `R/.i2v/records/<name>.json`: the verification record (size, sha256, mtime_ns, ...), so presence
+  is a `stat` plus a small JSON read: no network, no rehash.
+- `R/.i2v/leases/<name>.lease`: the download lease (see lease.py): one download per model at a
+  time across processes and machines. Correctness never depends on it: every writer verifies its
+  own temp file and publishes with an atomic rename.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from i2v_worker.logs import log
+from i2v_worker.store import disk
+from i2v_worker.store.errors import (DiskFullError, DownloadError, IntegrityError, LeaseTimeout, OfflineError,
+                                     StoreError)
+from i2v_worker.store.lease import Lease
+from i2v_worker.store.manifest import FOLDERS, Manifest, ModelEntry, load_manifest
+from i2v_worker.store.progress import ProgressTracker
+from i2v_worker.store.records import VerificationRecord, read_record, remove_record, write_record
+from i2v_worker.store.types import ModelState, ModelStatus, ProgressCallback
+
+if TYPE_CHECKING:  # pragma: no cover
+    import httpx
+
+    from i2v_worker.config import Settings
+    from i2v_worker.store.sources import HubConfig
+    from i2v_worker.store.transfer import TransferConfig
+
+logger = logging.getLogger(__name__)
+
+# ComfyUI folder names -> the store folder that serves them (written to extra_model_paths.yaml).
+COMFYUI_FOLDERS: dict[str, str] = {
+    "unet": "unet",
+    "diffusion_models": "unet",
+    "text_encoders": "text_encoders",
+    "clip": "text_encoders",
+    "vae": "vae",
+    "loras": "loras",
+}
+
+
+class EnsureCancelled(StoreError):
+    """`ensure` was cancelled; partial downloads are kept for resume."""
+
+
+def redact(uri: str) -> str:
+    """A source URI without credentials (userinfo and query string removed)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+class ModelStore:
+    def __init__(
+        self,
+        root: Path,
+        manifest: Manifest,
+        *,
+        hub: "HubConfig",
+        transfer: "TransferConfig",
+        client: "httpx.Client | None" = None,
+        s3_client_factory: Callable[..., Any] | None = None,
+        lease_wait_s: float = 3600,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        writer_id: str | None = None,
+        lease_poll_s: float = 0.5,
+        lease_stale_s: float = 30.0,
+        lease_heartbeat_s: float = 5.0,
+    ) -> None:
+        self.root = Path(root)
+        self.manifest = manifest
+        self.hub = hub
+        self.transfer = transfer
+        self._client = client
+        self._s3_client_factory = s3_client_factory
+        self.lease_wait_s = lease_wait_s
+        self._clock = clock
+        self._sleep = sleep
+        self.writer_id = writer_id or disk.new_writer_id()
+        self.lease_poll_s = lease_poll_s
+        self.lease_stale_s = lease_stale_s
+        self.lease_heartbeat_s = lease_heartbeat_s
+        self._engine_lock = threading.Lock()
+        self._engine: tuple[Any, Any] | None = None  # (resolver, downloader), built on first download
+
+    # --- construction ------------------------------------------------------------------------------
+    @classmethod
+    def from_settings(cls, settings: "Settings", manifest: Manifest | None = None, **kw: Any) -> "ModelStore":
+        from i2v_worker.store.sources import HubConfig
+        from i2v_worker.store.transfer import TransferConfig
+
+        if manifest is None:
+            manifest = load_manifest(settings.manifest, env=settings.manifest_vars)
+        kw.setdefault("s3_client_factory", _default_s3_client)
+        return cls(
+            settings.model_dir, manifest,
+            hub=HubConfig.from_settings(settings), transfer=TransferConfig.from_settings(settings),
+            lease_wait_s=settings.lease_wait_s, **kw,
+        )
+
+    def _transfer_engine(self) -> tuple[Any, Any]:
+        """The resolver and downloader (H1's transfer engine), shared by every download of this
+        store so the ConnectionBudget caps connections across all files."""
+        with self._engine_lock:
+            if self._engine is None:
+                from i2v_worker.store.sources import SourceResolver
+                from i2v_worker.store.transfer import ConnectionBudget, Downloader
+
+                resolver = SourceResolver(self.hub, client=self._client, s3_client_factory=self._s3_client_factory)
+                budget = ConnectionBudget(self.transfer.max_connections)
+                downloader = Downloader(self.transfer, budget=budget, resolver=resolver, client=self._client)
+                self._engine = (resolver, downloader)
+            return self._engine
+
+    # --- paths and presence -----------------------------------------------------------------------
+    def path(self, name: str) -> Path:
+        e = self.manifest.get(name)
+        return self.root / e.folder / e.name
+
+    def _lease(self, name: str) -> Lease:
+        return Lease(self.root / ".i2v" / "leases", name, self.writer_id, clock=self._clock,
+                     stale_after=self.lease_stale_s, heartbeat_every=self.lease_heartbeat_s)
+
+    def _record_ok(self, entry: ModelEntry, rec: VerificationRecord | None, st: os.stat_result | None) -> bool:
+        if rec is None or st is None:
+            return False
+        if rec.size != st.st_size or rec.mtime_ns != st.st_mtime_ns or rec.folder != entry.folder:
+            return False
+        if entry.sha256 is not None and rec.sha256 != entry.sha256:
+            return False
+        if entry.size is not None and rec.size != entry.size:
+            return False
+        if not entry.pinned and entry.source_error is None:
+            # Unpinned: the bytes are whatever the source serves; a changed source means new bytes.
+            if rec.source not in {redact(s) for s in entry.sources()}:
+                return False
+        return True
+
+    def _probe(self, entry: ModelEntry) -> tuple[bool, VerificationRecord | None, os.stat_result | None]:
+        try:
+            st = os.stat(self.root / entry.folder / entry.name)
+        except FileNotFoundError:
+            return False, None, None
+        except NotADirectoryError:
+            return False, None, None
+        rec = read_record(self.root, entry.name)
+        return self._record_ok(entry, rec, st), rec, st
+
+    def is_present(self, name: str) -> bool:
+        return self._probe(self.manifest.get(name))[0]
+
+    def _parts(self, entry: ModelEntry) -> list[Path]:
+        folder = self.root / entry.folder
+        prefix = f".{entry.name}."
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            return []
+        return [folder / n for n in names
+                if n.startswith(prefix) and n.endswith(disk.PART_SUFFIX)
+                and disk.parse_part_name(n, {entry.name}) is not None]
+
+    @staticmethod
+    def _part_bytes(part: Path) -> int:
+        """Bytes of a part file verified in order (its resume sidecar); parts are preallocated."""
+        return disk.part_progress(part)
+
+    def status(self, names: Iterable[str] | None = None) -> list[ModelStatus]:
+        """State of each model (default: every manifest entry). No network, no hashing."""
+        entries = self.manifest.entries if names is None else [self.manifest.get(n) for n in names]
+        out = []
+        for e in entries:
+            ok, rec, st = self._probe(e)
+            path = self.root / e.folder / e.name
+            if ok:
+                assert rec is not None
+                out.append(ModelStatus(e.name, e.folder, rec.size, ModelState.PRESENT, e.pinned, path,
+                                       rec.size, rec.sha256))
+                continue
+            if st is not None:
+                out.append(ModelStatus(e.name, e.folder, e.size, ModelState.UNVERIFIED, e.pinned, path,
+                                       st.st_size, e.sha256))
+                continue
+            parts = self._parts(e)
+            done = max((self._part_bytes(p) for p in parts), default=0)
+            lease = self._lease(e.name)
+            info = lease.read()
+            if info is not None and not lease.is_stale(info):
+                state = ModelState.DOWNLOADING
+            elif parts:
+                state = ModelState.PARTIAL
+            else:
+                state = ModelState.MISSING
+            out.append(ModelStatus(e.name, e.folder, e.size, state, e.pinned, path, done, e.sha256))
+        return out
+
+    # --- ensure ---------------------------------------------------------------------------------------
+    def ensure(self, names: Iterable[str], *, progress: ProgressCallback | None = None,
+               cancel: threading.Event | None = None) -> dict[str, Path]:
+        """Make exactly these models present (download what is missing); returns name -> path.
+
+        Several models download at once (one thread per model, connections capped by the shared
+        ConnectionBudget). Raises the first failure after every model has finished or failed."""
+        entries = [self.manifest.get(n) for n in dict.fromkeys(names)]
+        cancel = cancel or threading.Event()
+        tracker = ProgressTracker(progress, {e.name: e.size for e in entries})
+        result: dict[str, Path] = {}
+        todo: list[ModelEntry] = []
+        for e in entries:
+            ok, rec, _ = self._probe(e)
+            if ok:
+                assert rec is not None
+                tracker.update(e.name, "present", rec.size, rec.size)
+                result[e.name] = self.root / e.folder / e.name
+            else:
+                todo.append(e)
+        for e in todo:
+            e.sources()  # an undefined ${VAR} in a needed source: one clear ManifestError up front
+        if todo and self.hub.offline:
+            offline = [e for e in todo if not all(s.startswith("file://") for s in e.sources())]
+            if offline:
+                names_txt = " ".join(e.name for e in offline)
+                raise OfflineError(
+                    f"HF_HUB_OFFLINE=1 and {len(offline)} model(s) are not in the store {self.root}: {names_txt}",
+                    hint=f"run `i2v-worker models fetch {names_txt}` with network access (HF_HUB_OFFLINE unset), "
+                    "or point I2V_MODEL_DIR at a store that has them",
+                )
+        if not todo:
+            return result
+        errors: dict[str, BaseException] = {}
+        with ThreadPoolExecutor(max_workers=min(len(todo), 8), thread_name_prefix="store") as pool:
+            futures = {e.name: pool.submit(self._ensure_one, e, tracker, cancel) for e in todo}
+            try:
+                for name, fut in futures.items():
+                    try:
+                        result[name] = fut.result()
+                    except Exception as exc:  # noqa: BLE001 - collected and re-raised below
+                        errors[name] = exc
+            except BaseException:  # Ctrl-C / SystemExit in the caller: stop the downloads (parts kept)
+                cancel.set()
+                raise
+        if errors:
+            # The first failure is raised; the others (if any) are logged so none goes unseen.
+            for name, exc in list(errors.items())[1:]:
+                log(logger, logging.ERROR, "model failed", model=name, error=str(exc))
+            raise next(iter(errors.values()))
+        return {e.name: result[e.name] for e in entries}
+
+    async def aensure(self, names: Iterable[str], *, progress: ProgressCallback | None = None,
+                      cancel: threading.Event | None = None) -> dict[str, Path]:
+        """`ensure` on a thread; cancelling the awaiting task sets `cancel` and waits (briefly) for
+        the downloads to stop so leases are released and part files kept for resume."""
+        cancel = cancel or threading.Event()
+        names = list(names)
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(None, lambda: self.ensure(names, progress=progress, cancel=cancel))
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            cancel.set()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(fut, timeout=30)
+            raise
+
+    def _ensure_one(self, entry: ModelEntry, tracker: ProgressTracker, cancel: threading.Event) -> Path:
+        final = self.root / entry.folder / entry.name
+        lease = self._lease(entry.name)
+        deadline = self._clock() + self.lease_wait_s
+        while True:
+            if cancel.is_set():
+                raise EnsureCancelled("cancelled while waiting for the download lease", model=entry.name)
+            ok, rec, _ = self._probe(entry)
+            if ok:
+                assert rec is not None
+                tracker.update(entry.name, "present", rec.size, rec.size)
+                return final
+            if lease.try_acquire():
+                break
+            info = lease.read()
+            if info is None:  # released just now (or unreadable): try again almost at once
+                cancel.wait(0.01)
+                continue
+            if lease.is_stale(info):
+                if lease.take_over(info):
+                    break
+                continue
+            if self._clock() >= deadline:
+                raise LeaseTimeout(
+                    f"another worker ({info.holder} on {info.host}) has been downloading it for longer "
+                    f"than the wait limit of {self.lease_wait_s:.0f} s",
+                    model=entry.name,
+                    hint="raise I2V_LEASE_WAIT_S, or check that worker; its lease turns stale "
+                    f"{self.lease_stale_s:.0f} s after its last heartbeat",
+                )
+            parts = self._parts(entry)
+            tracker.update(entry.name, "waiting", max((self._part_bytes(p) for p in parts), default=0),
+                           entry.size, f"waiting for {info.holder} on {info.host}")
+            if cancel.wait(0) or self._sleep_or_cancel(cancel):
+                continue
+        lease.start_heartbeat()
+        try:
+            ok, rec, _ = self._probe(entry)
+            if ok:  # published by the previous holder just before we took the lease
+                assert rec is not None
+                tracker.update(entry.name, "present", rec.size, rec.size)
+                return final
+            return self._download(entry, tracker, cancel)
+        except BaseException as exc:
+            tracker.update(entry.name, "failed", message=str(exc), force=True)
+            raise
+        finally:
+            lease.release()
+
+    def _sleep_or_cancel(self, cancel: threading.Event) -> bool:
+        if self._sleep is time.sleep:
+            return cancel.wait(self.lease_poll_s)
+        self._sleep(self.lease_poll_s)
+        return cancel.is_set()
+
+    # --- download and publish ----------------------------------------------------------------------
+    def _adopt_part(self, entry: ModelEntry, temp: Path) -> None:
+        """Take over the part file a previous (dead or stalled) writer left, so its bytes are reused.
+
+        Called with the lease held. A part is adopted when its writer is a dead process on this
+        host, or when it has not been written for longer than the lease's stale time."""
+        best: tuple[int, Path] | None = None
+        host, now = disk.this_host(), self._clock()
+        for part in self._parts(entry):
+            if part == temp:
+                continue
+            parsed = disk.parse_part_name(part.name, {entry.name})
+            writer = disk.parse_writer_id(parsed[1]) if parsed else None
+            try:
+                mtime = os.stat(part).st_mtime
+            except OSError:
+                continue
+            dead = writer is not None and writer[0] == host and not _pid_alive(writer[1])
+            if not dead and now - mtime < self.lease_stale_s:
+                continue  # maybe a live writer (one who lost its lease): leave it alone
+            size = self._part_bytes(part)
+            if best is None or size > best[0]:
+                best = (size, part)
+        if best is None:
+            return
+        part = best[1]
+        try:
+            os.replace(part, temp)
+        except FileNotFoundError:
+            return
+        sidecar = Path(str(part) + ".json")
+        try:
+            os.replace(sidecar, Path(str(temp) + ".json"))
+        except FileNotFoundError:
+            pass
+        log(logger, logging.INFO, "resuming a previous partial download", model=entry.name,
+            from_writer=part.name, bytes_on_disk=best[0])
+
+    def _download(self, entry: ModelEntry, tracker: ProgressTracker, cancel: threading.Event) -> Path:
+        folder = self.root / entry.folder
+        folder.mkdir(parents=True, exist_ok=True)
+        temp = folder / disk.part_name(entry.name, self.writer_id)
+        if (folder / entry.name).exists():
+            log(logger, logging.WARNING, "a file without a matching verification record is at the model's "
+                "path; downloading a verified copy to replace it", model=entry.name, path=str(folder / entry.name))
+        self._adopt_part(entry, temp)
+        sources = entry.sources()
+        failures: list[DownloadError] = []
+        for i, uri in enumerate(sources):
+            try:
+                return self._download_from(entry, uri, temp, tracker, cancel)
+            except DownloadError as exc:
+                failures.append(exc)
+                if i + 1 < len(sources):
+                    # A mirror may serve different bytes for an unpinned entry: start it afresh.
+                    self._remove_temp(temp)
+                    log(logger, logging.WARNING, "source failed, trying the next mirror", model=entry.name,
+                        source=redact(uri), error=str(exc), next=redact(sources[i + 1]))
+        if len(failures) == 1:
+            raise failures[0]
+        summary = "; ".join(f"{redact(s)}: {e}" for s, e in zip(sources, failures))
+        raise DownloadError(f"every source failed ({summary})", model=entry.name,
+                            permanent=all(f.permanent for f in failures))
+
+    @staticmethod
+    def _remove_temp(temp: Path) -> None:
+        disk.remove_quietly(temp, Path(str(temp) + ".json"), Path(str(temp) + ".json.tmp"))
+
+    def _download_from(self, entry: ModelEntry, uri: str, temp: Path, tracker: ProgressTracker,
+                       cancel: threading.Event) -> Path:
+        from i2v_worker.store.sources import parse_source
+
+        resolver, downloader = self._transfer_engine()
+        folder = temp.parent
+        final = folder / entry.name
+        tracker.update(entry.name, "resolving", 0, entry.size)
+        source = parse_source(uri)
+        resolved = resolver.resolve(source, model=entry.name)
+        server_size = getattr(resolved, "size", None)
+        server_sha = getattr(resolved, "sha256", None)
+        if entry.size is not None and server_size is not None and server_size != entry.size:
+            raise IntegrityError(
+                f"the source serves {server_size} bytes but the manifest pins {entry.size}",
+                model=entry.name, url=redact(uri),
+                hint="the file changed upstream: pin the revision or update size/sha256 in the manifest",
+            )
+        if entry.sha256 is not None and server_sha is not None and server_sha != entry.sha256:
+            raise IntegrityError(
+                f"the source's sha256 is {server_sha} but the manifest pins {entry.sha256}",
+                model=entry.name, url=redact(uri),
+                hint="the file changed upstream: pin the revision or update size/sha256 in the manifest",
+            )
+        expected_size = entry.size if entry.size is not None else server_size
+        expected_sha = entry.sha256 if entry.sha256 is not None else server_sha
+        tracker.set_total(entry.name, expected_size)
+        if expected_size is not None:
+            try:  # space the (preallocated) part file already holds
+                st = os.stat(temp)
+                have = min(st.st_size, st.st_blocks * 512)
+            except FileNotFoundError:
+                have = 0
+            try:
+                disk.check_free_space(folder, max(0, expected_size - have), model=entry.name)
+            except DiskFullError:
+                self._remove_temp(temp)
+                raise
+
+        def on_progress(done: int, total: int | None = None) -> None:
+            tracker.update(entry.name, "downloading", done, total or expected_size)
+
+        try:
+            got = downloader.download(
+                resolved, temp, model=entry.name,
+                reresolve=lambda: resolver.resolve(source, model=entry.name),
+                progress=on_progress, cancel=cancel,
+                expected_size=expected_size, expected_sha256=expected_sha,
+            )
+        except DiskFullError:
+            self._remove_temp(temp)
+            raise
+        except IntegrityError:
+            self._remove_temp(temp)
+            raise
+        except StoreError as exc:
+            if type(exc).__name__ == "TransferCancelled":  # part and sidecar kept for resume
+                raise EnsureCancelled("cancelled; the partial download is kept and resumes next time",
+                                      model=entry.name) from exc
+            if disk.is_enospc(exc):
+                self._remove_temp(temp)
+                raise DiskFullError(f"disk full while writing {temp.parent}", model=entry.name,
+                                    hint="free some space or point I2V_MODEL_DIR at a larger volume") from None
+            raise
+        except OSError as exc:
+            if disk.is_enospc(exc):
+                self._remove_temp(temp)
+                raise DiskFullError(f"disk full while writing {temp.parent}: {exc.strerror}", model=entry.name,
+                                    hint="free some space or point I2V_MODEL_DIR at a larger volume") from None
+            raise
+
+        tracker.update(entry.name, "verifying", got.size, expected_size)
+        problem = None
+        if expected_size is not None and got.size != expected_size:
+            problem = f"downloaded {got.size} bytes, expected {expected_size}"
+        elif expected_sha is not None and got.sha256 != expected_sha:
+            problem = f"sha256 of the download is {got.sha256}, expected {expected_sha}"
+        if problem:
+            self._remove_temp(temp)
+            raise IntegrityError(f"{problem}; nothing was published", model=entry.name, url=redact(uri),
+                                 hint="try again; if it persists the source or the manifest pin is wrong")
+        try:
+            disk.fsync_file(temp)
+            os.replace(temp, final)
+        except OSError as exc:
+            self._remove_temp(temp)
+            if disk.is_enospc(exc):
+                raise DiskFullError(f"disk full while publishing: {exc.strerror}", model=entry.name) from None
+            raise
+        disk.remove_quietly(Path(str(temp) + ".json"), Path(str(temp) + ".json.tmp"))
+        disk.fsync_dir(folder)
+        st = os.stat(final)
+        write_record(self.root, VerificationRecord(
+            name=entry.name, folder=entry.folder, size=got.size, sha256=got.sha256, mtime_ns=st.st_mtime_ns,
+            source=redact(uri), pinned=entry.pinned, verified_at=self._clock(),
+        ), writer_id=self.writer_id)
+        tracker.update(entry.name, "published", got.size, got.size, force=True)
+        log(logger, logging.INFO, "model published", model=entry.name, bytes=got.size, path=str(final),
+            pinned=entry.pinned, resumed_bytes=getattr(got, "resumed_bytes", 0))
+        return final
+
+    # --- verify, gc, ComfyUI paths ---------------------------------------------------------------
+    def verify(self, *, full: bool = False, names: Iterable[str] | None = None) -> list[ModelStatus]:
+        """Status of every model; with `full`, rehash each file on disk and compare with its record
+        (or the manifest's pin). A mismatch is CORRUPT and its record is dropped, so the next
+        `ensure` replaces the file; a pinned file without a record that hashes right is recorded."""
+        statuses = self.status(names)
+        if not full:
+            return statuses
+        out = []
+        for s in statuses:
+            if s.state not in (ModelState.PRESENT, ModelState.UNVERIFIED):
+                out.append(s)
+                continue
+            entry = self.manifest.get(s.name)
+            rec = read_record(self.root, s.name)
+            size, sha = _hash_file(s.path)
+            # The manifest pin, else what we verified when publishing (record may be stale by mtime).
+            want_sha = entry.sha256 or (rec.sha256 if rec else None)
+            want_size = entry.size or (rec.size if rec else None)
+            if want_sha is None:  # unpinned and never recorded: nothing to compare with
+                out.append(s)
+                continue
+            if sha == want_sha and (want_size is None or size == want_size):
+                st = os.stat(s.path)
+                write_record(self.root, VerificationRecord(
+                    name=s.name, folder=entry.folder, size=size, sha256=sha, mtime_ns=st.st_mtime_ns,
+                    source=rec.source if rec else "verify", pinned=entry.pinned, verified_at=self._clock(),
+                ), writer_id=self.writer_id)
+                out.append(ModelStatus(s.name, s.folder, size, ModelState.PRESENT, entry.pinned, s.path, size, sha))
+            else:
+                remove_record(self.root, s.name)
+                log(logger, logging.ERROR, "model file is corrupt", model=s.name, path=str(s.path),
+                    sha256=sha, expected=want_sha, size=size)
+                out.append(ModelStatus(s.name, s.folder, want_size, ModelState.CORRUPT, entry.pinned, s.path, size, sha))
+        return out
+
+    def gc(self, *, dry_run: bool = False) -> list[Path]:
+        """Remove temp files no live lease protects, files in the store's folders that no manifest
+        entry references, and records of models no longer in the manifest. Returns the paths."""
+        by_folder: dict[str, set[str]] = {}
+        for e in self.manifest.entries:
+            by_folder.setdefault(e.folder, set()).add(e.name)
+        all_names = {e.name for e in self.manifest.entries}
+        removed: list[Path] = []
+        live: dict[str, bool] = {}
+
+        def lease_live(name: str) -> bool:
+            if name not in live:
+                lease = self._lease(name)
+                info = lease.read()
+                live[name] = info is not None and not lease.is_stale(info)
+            return live[name]
+
+        for folder in FOLDERS:
+            d = self.root / folder
+            try:
+                items = list(os.scandir(d))
+            except FileNotFoundError:
+                continue
+            for it in items:
+                if not it.is_file(follow_symlinks=False) and not it.is_symlink():
+                    continue
+                parsed = disk.parse_part_name(it.name, all_names)
+                if parsed is not None:
+                    if not lease_live(parsed[0]):
+                        removed.append(Path(it.path))
+                elif it.name.startswith(".") and (it.name.endswith(disk.PART_SUFFIX) or it.name.endswith(disk.SIDECAR_SUFFIX)):
+                    removed.append(Path(it.path))  # temp of a model no longer in the manifest
+                elif it.name not in by_folder.get(folder, set()):
+                    removed.append(Path(it.path))
+        leases = self.root / ".i2v" / "leases"
+        try:
+            for it in os.scandir(leases):
+                # Lease files themselves stay (harmless; removing one could race a takeover);
+                # debris of heartbeats/takeovers interrupted by a crash goes.
+                if it.name.startswith(".") and (it.name.endswith(".tmp") or it.name.endswith(".takeover")):
+                    try:
+                        if self._clock() - it.stat().st_mtime > self.lease_stale_s:
+                            removed.append(Path(it.path))
+                    except OSError:
+                        pass
+        except FileNotFoundError:
+            pass
+        records = self.root / ".i2v" / "records"
+        try:
+            for it in os.scandir(records):
+                if it.name.endswith(".json") and not it.name.startswith(".") and it.name[:-5] not in all_names:
+                    removed.append(Path(it.path))
+                elif it.name.startswith(".") and it.name.endswith(".tmp"):
+                    removed.append(Path(it.path))
+        except FileNotFoundError:
+            pass
+        if not dry_run:
+            for p in removed:
+                disk.remove_quietly(p)
+            if removed:
+                log(logger, logging.INFO, "gc removed files", count=len(removed))
+        return removed
+
+    def comfyui_extra_paths(self) -> Path:
+        """Write `R/extra_model_paths.yaml` so ComfyUI finds every model under its folder name."""
+        import yaml
+
+        for folder in FOLDERS:
+            (self.root / folder).mkdir(parents=True, exist_ok=True)
+        doc = {"i2v_worker": {"base_path": str(self.root.resolve()), **COMFYUI_FOLDERS}}
+        path = self.root / "extra_model_paths.yaml"
+        tmp = self.root / f".extra_model_paths.yaml.{self.writer_id}.tmp"
+        tmp.write_text("# written by i2v-worker: the model store's folders for ComfyUI\n"
+                       + yaml.safe_dump(doc, sort_keys=False))
+        os.replace(tmp, path)
+        return path
+
+
+def _default_s3_client() -> Any:
+    """boto3's own configuration chain (AWS_* variables, ~/.aws, instance roles) for s3:// sources."""
+    import boto3
+
+    return boto3.client("s3")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _hash_file(path: Path, chunk: int = 8 * 2**20) -> tuple[int, str]:
+    h = hashlib.sha256()
+    size = 0
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            h.update(view[:n])
+            size += n
+    return size, h.hexdigest()
