@@ -1,0 +1,300 @@
+"""The input image: SSRF-safe URL fetch, base64 decoding, and safe decoding with Pillow.
+
+Everything that reaches the engine is re-encoded here: the engine only ever sees a PNG that Pillow
+produced from pixels it decoded under a pixel cap, EXIF-rotated and converted to RGB.
+
+Why the fetch is hand-written on top of httpx rather than the runpod SDK's `rp_download`: the
+SDK's helper is synchronous (it would block the event loop that cancellation needs), has no
+allow-list or test-only loopback switch, and connects by host name after checking it, which leaves
+a DNS-rebinding window. Here every hop is resolved once, every address is checked, and the
+connection goes to the checked address (see `_pinned_request`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+import ipaddress
+import math
+import socket
+import warnings
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+import httpx
+
+from i2v_worker import __version__
+
+MAX_REDIRECTS = 5
+MAX_PIXELS = 40_000_000  # decoded-pixel cap (a 8K x 5K photo fits; a decompression bomb does not)
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+
+# host, port -> the addresses the host resolves to. Injectable for tests.
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+class ImageInputError(Exception):
+    """A bad image input: `field` and `rule` go into the invalid_input details."""
+
+    def __init__(self, field: str, rule: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field, self.rule, self.message = field, rule, message
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    png: bytes  # RGB, EXIF orientation applied, re-encoded as PNG (downscaled, see decode_image)
+    width: int  # the original size after EXIF rotation: what the video's aspect ratio follows
+    height: int
+    source_format: str  # PNG, JPEG, ... as Pillow identified it
+    png_width: int = 0  # the size of `png`
+    png_height: int = 0
+
+
+# (oriented image width, height) -> the video's (width, height)
+SizeFor = Callable[[int, int], "tuple[int, int]"]
+
+
+# --------------------------------------------------------------------------------------- base64
+
+
+def decode_base64(value: str, field: str, max_bytes: int) -> bytes:
+    """Plain base64 or a data URI (`data:image/png;base64,...`); standard or URL-safe alphabet."""
+    s = value.strip()
+    if s.startswith("data:"):
+        header, sep, payload = s.partition(",")
+        if not sep or ";base64" not in header:
+            raise ImageInputError(field, "data_uri", "a data URI must look like data:image/png;base64,<data>")
+        if not header[5:].lower().startswith("image/") and header[5:].split(";")[0]:
+            raise ImageInputError(field, "data_uri", f"data URI media type {header[5:].split(';')[0]!r} is not an image")
+        s = payload
+    s = "".join(s.split())  # line breaks from MIME-style encoders
+    if len(s) * 3 // 4 > max_bytes:
+        raise ImageInputError(field, "too_large",
+                              f"image is about {len(s) * 3 // 4} bytes, over the limit of {max_bytes} (I2V_IMAGE_MAX_BYTES)")
+    s = s.replace("-", "+").replace("_", "/")
+    s += "=" * (-len(s) % 4)
+    try:
+        data = base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageInputError(field, "base64", "is not valid base64 (expected the image file's bytes as base64, "
+                              "plain or as data:image/...;base64,...)") from None
+    if not data:
+        raise ImageInputError(field, "base64", "decodes to zero bytes")
+    return data
+
+
+# ---------------------------------------------------------------------------------------- decode
+
+
+def decode_image(data: bytes, field: str, max_pixels: int = MAX_PIXELS, size_for: SizeFor | None = None) -> PreparedImage:
+    """Decode with Pillow under a pixel cap, apply EXIF orientation, convert to RGB, re-encode PNG.
+
+    With `size_for` (oriented size -> the video's size), an image larger than the video is
+    downscaled to the smallest size that still COVERS the video (aspect kept, no cropping): the
+    engines resize the start image to the video size with a centre crop anyway, so the result is
+    the same while decoding (JPEG draft mode), encoding and uploading get several times cheaper
+    for photo-sized inputs.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (rather than fails) between MAX_IMAGE_PIXELS and twice that: fail instead.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            fmt = img.format or "unknown"
+            w, h = img.size  # from the header, before any pixel is decoded
+            if w * h > max_pixels:
+                raise ImageInputError(field, "too_many_pixels",
+                                      f"image declares {w}x{h} = {w * h} pixels, over the limit of {max_pixels}")
+            rotated = img.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientations that swap the axes
+            ow, oh = (h, w) if rotated else (w, h)
+            cover = _cover_size(ow, oh, size_for(ow, oh)) if size_for else None
+            if cover is not None and fmt == "JPEG":
+                img.draft("RGB", (cover[1], cover[0]) if rotated else cover)  # decode at 1/2, 1/4, 1/8 scale
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                rgba = img.convert("RGBA")
+                rgb = Image.new("RGB", rgba.size, (255, 255, 255))
+                rgb.paste(rgba, mask=rgba.getchannel("A"))
+            else:
+                rgb = img.convert("RGB")
+            if cover is not None and (rgb.width > cover[0] or rgb.height > cover[1]):
+                rgb = rgb.resize(cover, Image.Resampling.LANCZOS, reducing_gap=2.0)
+            out = io.BytesIO()
+            # Level 0: the PNG only travels to the engine on this machine; zlib would cost more than it saves.
+            rgb.save(out, "PNG", compress_level=0)
+    except ImageInputError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageInputError(field, "too_many_pixels", f"image rejected as a decompression bomb: {exc}") from None
+    except UnidentifiedImageError:
+        raise ImageInputError(field, "not_an_image",
+                              f"is not an image in a supported format ({', '.join(ALLOWED_FORMATS)})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated or corrupt files
+        raise ImageInputError(field, "corrupt_image", f"image could not be decoded: {exc}") from None
+    return PreparedImage(out.getvalue(), ow, oh, fmt, rgb.width, rgb.height)
+
+
+def _cover_size(w: int, h: int, target: tuple[int, int]) -> tuple[int, int] | None:
+    """The smallest size with w:h's aspect that covers `target`; None when the image is not larger."""
+    scale = max(target[0] / w, target[1] / h)
+    if scale >= 1:
+        return None
+    return max(target[0], math.ceil(w * scale)), max(target[1], math.ceil(h * scale))
+
+
+# ----------------------------------------------------------------------------------------- fetch
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+def address_allowed(addr: str, allow_loopback: bool = False) -> bool:
+    """True for globally routable unicast addresses (and loopback when the test setting allows it)."""
+    ip = ipaddress.ip_address(addr.split("%", 1)[0])  # drop an IPv6 zone id
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and ip in ipaddress.ip_network("64:ff9b::/96"):  # NAT64 well-known prefix
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is None and ip in ipaddress.ip_network("::/96") and int(ip) > 1:  # IPv4-compatible (deprecated)
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            return address_allowed(str(embedded), allow_loopback)
+    if ip.is_loopback:
+        return allow_loopback
+    return bool(ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified
+                                        or ip.is_link_local or ip.is_private))
+
+
+def host_allowed(host: str, allowlist: tuple[str, ...]) -> bool:
+    """Exact host names, or `*.example.com` / `.example.com` entries for subdomains."""
+    if not allowlist:
+        return True
+    host = host.lower().rstrip(".")
+    for entry in allowlist:
+        entry = entry.lower().rstrip(".")
+        if entry.startswith(("*.", ".")):
+            suffix = entry.lstrip("*")
+            if host.endswith(suffix) or host == suffix[1:]:
+                return True
+        elif host == entry:
+            return True
+    return False
+
+
+async def fetch_image(
+    url: str,
+    *,
+    max_bytes: int,
+    timeout_s: float,
+    allowlist: tuple[str, ...] = (),
+    allow_loopback: bool = False,
+    resolver: Resolver | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    field: str = "image_url",
+) -> bytes:
+    """GET `url` with SSRF checks on every hop, a byte cap and a total time cap."""
+    resolve = resolver or system_resolver
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with httpx.AsyncClient(follow_redirects=False, transport=transport, trust_env=False,
+                                         timeout=httpx.Timeout(timeout_s)) as client:
+                current = httpx.URL(url)
+                for hop in range(MAX_REDIRECTS + 1):
+                    result = await _fetch_hop(client, current, field, max_bytes, allowlist, allow_loopback, resolve)
+                    if isinstance(result, bytes):
+                        return result
+                    current = result
+                raise ImageInputError(field, "too_many_redirects", f"more than {MAX_REDIRECTS} redirects fetching {url}")
+    except (TimeoutError, httpx.TimeoutException):
+        raise ImageInputError(field, "timeout", f"fetching {url} took longer than {timeout_s:g} s "
+                              "(I2V_IMAGE_FETCH_TIMEOUT_S)") from None
+    except httpx.InvalidURL as exc:
+        raise ImageInputError(field, "url", f"{url} is not a valid URL (or redirected to an invalid one): {exc}") from None
+    except httpx.HTTPError as exc:
+        raise ImageInputError(field, "fetch_failed", f"fetching {url} failed: {type(exc).__name__}: {exc}") from None
+
+
+async def _fetch_hop(client: httpx.AsyncClient, url: httpx.URL, field: str, max_bytes: int,
+                     allowlist: tuple[str, ...], allow_loopback: bool, resolve: Resolver) -> bytes | httpx.URL:
+    """One request: returns the body, or the next URL when the server redirects."""
+    if url.scheme not in ("http", "https"):
+        raise ImageInputError(field, "scheme", f"only http and https URLs are fetched (got {url.scheme!r} in {url})")
+    host = url.host
+    if not host:
+        raise ImageInputError(field, "scheme", f"URL has no host: {url}")
+    if not host_allowed(host, allowlist):
+        raise ImageInputError(field, "host_not_allowed",
+                              f"host {host!r} is not in the allow-list (I2V_IMAGE_HOSTS={','.join(allowlist)})")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    addrs = await _resolve_checked(host, port, field, allow_loopback, resolve)
+    for i, addr in enumerate(addrs):  # every address was checked; try them in order until one connects
+        try:
+            return await _get(client, url, addr, field, max_bytes)
+        except httpx.ConnectError:
+            if i == len(addrs) - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _get(client: httpx.AsyncClient, url: httpx.URL, addr: str, field: str, max_bytes: int) -> bytes | httpx.URL:
+    async with client.stream("GET", **_pinned_request(url, addr)) as response:
+        if response.status_code in REDIRECT_STATUSES:
+            location = response.headers.get("location")
+            if not location:
+                raise ImageInputError(field, "fetch_failed", f"{url} redirected without a Location header")
+            return url.join(location)
+        if response.status_code != 200:
+            raise ImageInputError(field, "fetch_failed", f"GET {url} answered HTTP {response.status_code}")
+        declared = response.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > max_bytes:
+            raise ImageInputError(field, "too_large", f"image at {url} is {declared} bytes, over the limit of "
+                                  f"{max_bytes} (I2V_IMAGE_MAX_BYTES)")
+        buf = bytearray()
+        async for chunk in response.aiter_bytes():  # decoded: a gzip bomb counts at its real size
+            buf += chunk
+            if len(buf) > max_bytes:
+                raise ImageInputError(field, "too_large", f"image at {url} is over the limit of {max_bytes} "
+                                      "bytes (I2V_IMAGE_MAX_BYTES)")
+        return bytes(buf)
+
+
+async def _resolve_checked(host: str, port: int, field: str, allow_loopback: bool, resolve: Resolver) -> list[str]:
+    try:
+        ipaddress.ip_address(host)
+        addrs = [host]
+    except ValueError:
+        try:
+            addrs = await resolve(host, port)
+        except (OSError, UnicodeError) as exc:
+            raise ImageInputError(field, "unresolvable", f"host {host!r} could not be resolved: {exc}") from None
+    if not addrs:
+        raise ImageInputError(field, "unresolvable", f"host {host!r} resolved to no address")
+    blocked = [a for a in addrs if not address_allowed(a, allow_loopback)]
+    if blocked:  # every address must be public: a mixed answer is how rebinding attacks start
+        raise ImageInputError(field, "blocked_address",
+                              f"host {host!r} resolves to a non-public address ({', '.join(blocked)}); "
+                              "only public internet hosts are fetched")
+    return addrs
+
+
+def _pinned_request(url: httpx.URL, addr: str) -> dict:
+    """Request arguments that connect to the CHECKED address while speaking to the original host.
+
+    The URL's host is replaced by the address (so httpx does not resolve the name a second time,
+    which a DNS-rebinding server could answer differently), the Host header keeps the name, and for
+    https the `sni_hostname` extension makes TLS send the name as SNI and verify the certificate
+    against it.
+    """
+    headers = {"Host": url.netloc.decode("ascii"), "User-Agent": f"i2v-worker/{__version__}",
+               "Accept": "image/*", "Accept-Encoding": "identity"}
+    extensions = {"sni_hostname": url.raw_host.decode("ascii")} if url.scheme == "https" else {}  # IDNA A-label
+    return {"url": url.copy_with(host=addr), "headers": headers, "extensions": extensions}
