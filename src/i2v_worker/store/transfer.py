@@ -6,15 +6,17 @@ One `Downloader` serves every download of a store (from several threads at once)
 - the byte space is split into ranges of `chunk_size`, handed out in order to up to
   `connections_per_file` worker threads; each worker GETs its range (`Range: bytes=a-b`,
   `Accept-Encoding: identity`), checks the answer is 206 with exactly the asked `Content-Range`
-  (a 200 is never appended), and `pwrite`s each received block at its offset: memory per
-  connection is one network block (~64 KiB), whatever the file size;
+  (a 200 is never appended), and `pwrite`s each received block at its offset into the part file
+  (preallocated with fallocate(2) so a full disk shows at the start): memory per connection is one
+  1 MiB buffer, whatever the file size;
 - a hasher thread follows the contiguous written prefix and feeds sha256 from the page cache
   (`preadv`), so verification needs no second pass after the download;
 - every few seconds the contiguous prefix is fsynced and recorded in the sidecar
   `part_path + ".json"` (written atomically: temp + os.replace), so a download killed by anything,
   SIGKILL included, resumes: the next call rehashes that prefix from disk and fetches the rest;
-- failures: transient ones (reset, stall, 429/5xx, Retry-After honoured) retry the range from where
-  it stopped with exponential backoff and jitter; 403 from the CDN re-resolves the source (the
+- failures: transient ones (reset, stall = idle-read timeout or throughput under
+  `min_throughput_bps` over `throughput_window_s`, 429/5xx with Retry-After honoured) retry the
+  range from where it stopped with exponential backoff and jitter; 403 from the CDN re-resolves the source (the
   identity must be unchanged) and continues; 401/404/416 and size or hash mismatches fail fast.
 
 Cleanup contract (for the caller): the engine never renames the part file and never deletes it.
@@ -316,7 +318,8 @@ class _Job:
 class Downloader:
     def __init__(self, config: TransferConfig, client: httpx.Client | None = None, *,
                  budget: ConnectionBudget | None = None, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep, resolver: Any = None) -> None:
+                 sleep: Callable[[float], None] = time.sleep, resolver: Any = None,
+                 ssl_context: Any = None) -> None:
         self.config = config
         self.client = client
         self.budget = budget if budget is not None else ConnectionBudget(config.max_connections)
@@ -326,7 +329,7 @@ class Downloader:
         # (see _Connection for the measurement). `resolver` is unused: callers pass `reresolve`.
         self.resolver = resolver
         self._reresolve_lock = threading.Lock()
-        self._ssl: Any = None
+        self._ssl: Any = ssl_context  # None: built like httpx's default on first HTTPS use
 
     def _ssl_context(self) -> Any:
         """TLS context for the range connections, built like httpx's (certifi, SSL_CERT_FILE/DIR)."""
@@ -553,6 +556,7 @@ class Downloader:
                 err = exc
             except (OSError, http.client.HTTPException) as exc:  # network: reset, timeout, bad response
                 conn.close()
+                _raise_if_tls_refused(exc, job)
                 err = _Transient(_describe(exc))
             if job.stopped():
                 raise _Aborted()
@@ -706,6 +710,7 @@ class Downloader:
                     err = exc
                 except (OSError, http.client.HTTPException) as exc:
                     conn.close()
+                    _raise_if_tls_refused(exc, job)
                     err = _Transient(_describe(exc))
                 failures = 0 if state["pos"] > before else failures + 1
                 if failures >= cfg.max_attempts:
@@ -1033,6 +1038,17 @@ def _finish_body(resp: http.client.HTTPResponse) -> None:
     """Mark a fully read response closed so its connection can carry the next request."""
     if resp.length == 0 and not resp.isclosed():
         resp.read()
+
+
+def _raise_if_tls_refused(exc: BaseException, job: _Job) -> None:
+    """A certificate the client refuses will not get better by retrying."""
+    import ssl
+
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        raise DownloadError(f"TLS certificate verification failed: {exc.verify_message or exc}", model=job.model,
+                            url=job.display, permanent=True,
+                            hint="the server's certificate is not trusted; fix the source URL or the CA bundle "
+                                 "(SSL_CERT_FILE)") from None
 
 
 def _describe(exc: BaseException) -> str:
