@@ -41,8 +41,14 @@ serve: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -ra
 
+# Benchmarks (not tests): local nginx CDN emulation vs aria2c, curl, huggingface_hub; `models
+# status` latency; worker overhead per job against a real ComfyUI. Prints tables; see bench/README.md.
+BENCH_ARGS ?=
 bench: $(STAMP)
-	bench/run.sh
+	@for b in nginx aria2c curl; do command -v $$b >/dev/null || [ -x /usr/sbin/$$b ] || { apt-get install -y nginx aria2 curl time; break; }; done
+	@[ -x /usr/bin/time ] || apt-get install -y time
+	PYTHON=$(PY) bench/run.sh $(BENCH_ARGS)
+	$(PY) bench/worker_overhead.py
 
 clean:
 	rm -rf $(VENV) $(TINY_DIR) $(RUN_STORE) out
