@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--settings", action="store_true", help="print the environment variables as a Markdown table")
     g.add_argument("--output", action="store_true", help="print the JSON Schema of the job output instead")
+    g.add_argument("--markdown", action="store_true", help="print the job input fields as a Markdown table (README)")
     p.set_defaults(func=_schema)
 
 
@@ -115,8 +116,11 @@ def _schema(args: argparse.Namespace) -> int:
     if args.settings:
         print(settings_table())
         return 0
-    from i2v_worker.worker.schema import input_json_schema, output_json_schema
+    from i2v_worker.worker.schema import input_json_schema, input_markdown_table, output_json_schema
 
+    if args.markdown:
+        print(input_markdown_table())
+        return 0
     print(json.dumps(output_json_schema() if args.output else input_json_schema(), indent=2, ensure_ascii=False))
     return 0
 

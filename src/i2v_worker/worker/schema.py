@@ -8,6 +8,8 @@ raises `InvalidInput(details)`. `i2v-worker schema` prints `input_json_schema()`
 
 from __future__ import annotations
 
+import json
+
 import math
 import re
 from dataclasses import dataclass, field
@@ -390,6 +392,26 @@ def input_json_schema() -> dict[str, Any]:
         "oneOf": [{"$ref": "#/$defs/JobInput"}, {"$ref": "#/$defs/HealthAction"}],
         "$defs": {**defs, "JobInput": job, "HealthAction": health},
     }
+
+
+def input_markdown_table() -> str:
+    """The job input fields as a Markdown table (the README's job API section is this output)."""
+    rows = ["| Field | Type | Default | Rule |", "|---|---|---|---|"]
+    for name, field in JobInput.model_fields.items():
+        ann = field.annotation
+        kind = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+        kind = kind.replace(" | None", "").replace("Optional[", "").rstrip("]")
+        default = "" if field.is_required() else field.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            default = default.model_dump()
+        shown = "required" if field.is_required() else ("" if default is None else f"`{json.dumps(default, ensure_ascii=False)}`")
+        if name == "negative_prompt":
+            shown = "Wan's standard negative prompt"
+        desc = (field.description or "").replace("|", "/")
+        rows.append(f"| `{name}` | {kind} | {shown} | {desc} |")
+    rows.append('| `action` | "health" | | instead of a job: `{"action": "health"}` returns the store\'s per-model '
+                "state, engine readiness and versions, device and worker version, without generating |")
+    return "\n".join(rows)
 
 
 def output_json_schema() -> dict[str, Any]:
