@@ -117,3 +117,14 @@ def remove_quietly(*paths: Path) -> None:
             pass
         except OSError:
             pass
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host with that pid exists (EPERM: it exists, owned by another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True

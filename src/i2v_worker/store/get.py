@@ -107,7 +107,7 @@ def _adopt(dest: Path, temp: Path) -> None:
         if parsed is None or not n.endswith(disk.PART_SUFFIX):
             continue
         w = disk.parse_writer_id(parsed[1])
-        if w is None or w[0] != host or _alive(w[1]):
+        if w is None or w[0] != host or disk.pid_alive(w[1]):
             continue
         part = dest.parent / n
         got = disk.part_progress(part)
@@ -120,16 +120,6 @@ def _adopt(dest: Path, temp: Path) -> None:
         os.replace(str(best[1]) + ".json", str(temp) + ".json")
     except FileNotFoundError:
         pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 class _Bar:

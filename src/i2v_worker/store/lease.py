@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from i2v_worker.logs import log
+from i2v_worker.store import disk
 
 logger = logging.getLogger(__name__)
 
@@ -44,17 +45,6 @@ class LeaseInfo:
     raw: bytes = b""
     file_mtime: float = 0.0
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return True
-    return True
 
 
 class Lease:
@@ -108,7 +98,7 @@ class Lease:
         if self._clock() - info.heartbeat > self.stale_after:
             return True
         # Same machine: a holder process that is gone left the lease behind (SIGKILL, OOM).
-        return info.host == self.host and info.pid > 0 and info.pid != self.pid and not _pid_alive(info.pid)
+        return info.host == self.host and info.pid > 0 and info.pid != self.pid and not disk.pid_alive(info.pid)
 
     # --- taking ---------------------------------------------------------------------------------
     def _content(self) -> bytes:

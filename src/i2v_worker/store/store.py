@@ -30,7 +30,7 @@ from i2v_worker.store import disk
 from i2v_worker.store.errors import (DiskFullError, DownloadError, IntegrityError, LeaseTimeout, OfflineError,
                                      StoreError)
 from i2v_worker.store.lease import Lease
-from i2v_worker.store.manifest import FOLDERS, Manifest, ModelEntry, load_manifest
+from i2v_worker.store.manifest import FOLDER_ALIASES, FOLDERS, Manifest, ModelEntry, load_manifest
 from i2v_worker.store.progress import ProgressTracker
 from i2v_worker.store.records import VerificationRecord, read_record, remove_record, write_record
 from i2v_worker.store.types import ModelState, ModelStatus, ProgressCallback
@@ -44,15 +44,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-# ComfyUI folder names -> the store folder that serves them (written to extra_model_paths.yaml).
-COMFYUI_FOLDERS: dict[str, str] = {
-    "unet": "unet",
-    "diffusion_models": "unet",
-    "text_encoders": "text_encoders",
-    "clip": "text_encoders",
-    "vae": "vae",
-    "loras": "loras",
-}
 
 
 class EnsureCancelled(StoreError):
@@ -356,7 +347,7 @@ class ModelStore:
                 mtime = os.stat(part).st_mtime
             except OSError:
                 continue
-            dead = writer is not None and writer[0] == host and not _pid_alive(writer[1])
+            dead = writer is not None and writer[0] == host and not disk.pid_alive(writer[1])
             if not dead and now - mtime < self.lease_stale_s:
                 continue  # maybe a live writer (one who lost its lease): leave it alone
             size = self._part_bytes(part)
@@ -613,7 +604,7 @@ class ModelStore:
 
         for folder in FOLDERS:
             (self.root / folder).mkdir(parents=True, exist_ok=True)
-        doc = {"i2v_worker": {"base_path": str(self.root.resolve()), **COMFYUI_FOLDERS}}
+        doc = {"i2v_worker": {"base_path": str(self.root.resolve()), **FOLDER_ALIASES}}
         path = self.root / "extra_model_paths.yaml"
         tmp = self.root / f".extra_model_paths.yaml.{self.writer_id}.tmp"
         tmp.write_text("# written by i2v-worker: the model store's folders for ComfyUI\n"
@@ -627,16 +618,6 @@ def _default_s3_client() -> Any:
     import boto3
 
     return boto3.client("s3")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def _hash_file(path: Path, chunk: int = 8 * 2**20) -> tuple[int, str]:
