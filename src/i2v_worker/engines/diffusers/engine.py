@@ -1,0 +1,400 @@
+"""`DiffusersEngine`: the Wan2.2 I2V graph run in-process on the store's five files.
+
+Models load lazily on the first job that names them and stay loaded (cache keyed by file path, so
+a warm job reloads nothing and a job naming another file swaps only that component). Each job runs
+on one dedicated worker thread; the event loop only awaits it. Cancellation sets a threading.Event
+that the sampling loop checks between steps; the deadline (settings.job_deadline_s) is checked at
+the same points.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import hashlib
+import io
+import logging
+import threading
+import time
+import traceback
+import warnings
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from i2v_worker.engines.base import (
+    EngineError,
+    EngineProgress,
+    GeneratedVideo,
+    GenerationRequest,
+    ModelRole,
+    ProgressFn,
+)
+from i2v_worker.engines.diffusers import sampling
+from i2v_worker.logs import log
+
+logger = logging.getLogger("i2v_worker.engines.diffusers")
+
+_REQUIRED = (ModelRole.HIGH_NOISE, ModelRole.LOW_NOISE, ModelRole.TEXT_ENCODER, ModelRole.VAE)
+_EXPERT_ROLES = {sampling.HIGH: ModelRole.HIGH_NOISE, sampling.LOW: ModelRole.LOW_NOISE}
+
+
+@dataclass
+class _Loaded:
+    name: str
+    path: Path
+    obj: Any
+    lora: Path | None = None  # experts: the LoRA file loaded as adapter, if any
+
+
+class DiffusersEngine:
+    """In-process engine (engines.base.Engine). Attributes tests read: `load_counts` (file path ->
+    times loaded), `last_record` (sampling.SamplingRecord of the last job), `last_frames_sha256`
+    (the generated frames, before the lossy h264 encode)."""
+
+    name = "diffusers"
+
+    def __init__(self, settings, store=None, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._settings = settings
+        self._store = store
+        self._clock = clock
+        self._components: dict[ModelRole, _Loaded] = {}
+        self._executor: ThreadPoolExecutor | None = None
+        self._device = None
+        self._dtype = None
+        self.load_counts: Counter[str] = Counter()
+        self.last_record: sampling.SamplingRecord | None = None
+        self.last_frames_sha256: str | None = None  # digest of the last job's decoded frames (before h264)
+
+    # -- Engine protocol ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._call(self._prepare)
+
+    async def generate(self, request: GenerationRequest, progress: ProgressFn) -> GeneratedVideo:
+        loop = asyncio.get_running_loop()
+        cancel = threading.Event()
+
+        def emit(event: EngineProgress) -> None:  # progress callbacks run on the event loop
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                loop.call_soon_threadsafe(progress, event)
+
+        fut = loop.run_in_executor(self._pool(), self._run_job, request, cancel, emit)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            cancel.set()  # the sampling loop stops before its next step
+            await asyncio.wait({fut})
+            with contextlib.suppress(BaseException):
+                if fut.exception() is None:  # finished before it saw the event: drop its video
+                    fut.result().path.unlink(missing_ok=True)
+            log(logger, logging.INFO, "job cancelled", job_id=request.job_id)
+            raise
+
+    async def health(self) -> dict[str, Any]:
+        import diffusers
+        import torch
+
+        return {
+            "engine": self.name,
+            "ready": True,
+            "device": str(self._device or self._resolve_device()),
+            "dtype": str(self._dtype or self._resolve_dtype(self._device or self._resolve_device())).removeprefix("torch."),
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "loaded": {role.value: c.name for role, c in self._components.items()},
+        }
+
+    async def release(self) -> None:
+        """Drop every loaded model and return the memory (the next job loads again)."""
+        await self._call(self._release)
+
+    async def close(self) -> None:
+        if self._executor is not None:
+            await self._call(self._release)
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    # -- plumbing ------------------------------------------------------------------------------------
+
+    def _pool(self) -> ThreadPoolExecutor:
+        # One dedicated thread rather than asyncio.to_thread's shared pool: jobs, loads and
+        # releases are serialized (torch state is touched by one thread at a time).
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="i2v-diffusers")
+        return self._executor
+
+    async def _call(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._pool(), fn, *args)
+
+    def _resolve_device(self):
+        import torch
+
+        want = (self._settings.device or "auto").strip().lower()
+        if want == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            dev = torch.device(want)
+        except RuntimeError:
+            raise EngineError(f"I2V_DEVICE={want!r} is not a torch device; use auto, cpu or cuda", code="engine_unavailable") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise EngineError("I2V_DEVICE=cuda but torch sees no CUDA device; use auto or cpu", code="engine_unavailable")
+        return dev
+
+    @staticmethod
+    def _resolve_dtype(device):
+        import torch
+
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+    def _prepare(self) -> None:
+        with warnings.catch_warnings():  # importing diffusers' models warns about autocast on CPU-only hosts
+            warnings.filterwarnings("ignore", message=".*CUDA is not available.*", category=UserWarning)
+            from diffusers import AutoencoderKLWan, WanTransformer3DModel  # noqa: F401 - import cost paid at start
+
+        if self._device is None:
+            self._device = self._resolve_device()
+            self._dtype = self._resolve_dtype(self._device)
+            log(logger, logging.INFO, "diffusers engine ready", device=self._device, dtype=self._dtype)
+
+    def _release(self) -> None:
+        import torch
+
+        self._components.clear()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # -- loading -------------------------------------------------------------------------------------
+
+    def _config_name(self, name: str) -> str | None:
+        """The manifest entry's `config` (architecture config shipped in the package), if the store
+        exposes its manifest; None lets the loader read the architecture from the file."""
+        manifest = getattr(self._store, "manifest", None)
+        try:
+            return manifest.get(name).config if manifest is not None else None
+        except Exception:  # noqa: BLE001 - a model outside the manifest: shapes decide
+            return None
+
+    def _component(self, role: ModelRole, name: str, path: Path, load: Callable[[], Any]) -> _Loaded:
+        current = self._components.get(role)
+        if current is not None and current.path == path:
+            return current
+        if current is not None:  # another file for this role: free the old one first
+            self._components.pop(role)
+            gc.collect()
+        if not path.is_file():
+            raise EngineError(f"{role.value} model {name!r} is not at {path}; run `i2v-worker models fetch`", code="model_error")
+        t0 = time.perf_counter()
+        try:
+            obj = load()
+        except EngineError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any loader failure names the file
+            raise EngineError(
+                f"could not load {role.value} model {name!r} ({path}): {type(exc).__name__}: {exc}",
+                code="model_error", details=traceback.format_exc(),
+            ) from exc
+        self.load_counts[str(path)] += 1
+        log(logger, logging.INFO, "model loaded", role=role.value, model=name, seconds=round(time.perf_counter() - t0, 2))
+        loaded = _Loaded(name, path, obj)
+        self._components[role] = loaded
+        return loaded
+
+    def _load_all(self, request: GenerationRequest) -> dict[ModelRole, _Loaded]:
+        from i2v_worker.engines.diffusers import loaders
+        from i2v_worker.engines.diffusers.text_encoder import load_text_encoder
+
+        missing = [r.value for r in _REQUIRED if r not in request.models]
+        if missing:
+            raise EngineError(f"the request names no model for role(s) {', '.join(missing)}", code="model_error")
+        dev, dt = self._device, self._dtype
+        out: dict[ModelRole, _Loaded] = {}
+        for role in (ModelRole.HIGH_NOISE, ModelRole.LOW_NOISE):
+            name, path = request.models[role]
+            cfg = self._config_name(name)
+            out[role] = self._component(role, name, Path(path),
+                                        lambda p=Path(path), c=cfg: loaders.load_expert(p, config_name=c, device=dev, dtype=dt))
+        name, path = request.models[ModelRole.TEXT_ENCODER]
+        out[ModelRole.TEXT_ENCODER] = self._component(
+            ModelRole.TEXT_ENCODER, name, Path(path), lambda p=Path(path): load_text_encoder(p, device=dev, dtype=dt))
+        name, path = request.models[ModelRole.VAE]
+        out[ModelRole.VAE] = self._component(
+            ModelRole.VAE, name, Path(path), lambda p=Path(path): loaders.load_vae(p, device=dev, dtype=dt))
+        self._apply_lora(request, out)
+        return out
+
+    def _apply_lora(self, request: GenerationRequest, comps: dict[ModelRole, _Loaded]) -> None:
+        from i2v_worker.engines.diffusers import loaders
+
+        strengths = {ModelRole.HIGH_NOISE: request.lora_strength_high, ModelRole.LOW_NOISE: request.lora_strength_low}
+        lora = request.models.get(ModelRole.LORA)
+        if lora is None and any(s != 0 for s in strengths.values()):
+            raise EngineError("lora_strength_high/low are not 0 but the request names no lora model", code="model_error")
+        for role, strength in strengths.items():
+            expert = comps[role]
+            want = Path(lora[1]) if (lora is not None and strength != 0) else None
+            if want is not None and expert.lora != want:
+                if not want.is_file():
+                    raise EngineError(f"lora model {lora[0]!r} is not at {want}; run `i2v-worker models fetch`", code="model_error")
+                try:
+                    loaders.load_lora_into(expert.obj, want, dtype=self._dtype)
+                except EngineError:
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    raise EngineError(f"could not apply lora {lora[0]!r} to the {role.value} expert: {type(exc).__name__}: {exc}",
+                                      code="model_error", details=traceback.format_exc()) from exc
+                expert.lora = want
+                self.load_counts[str(want)] += 1
+            loaders.set_lora_strength(expert.obj, strength if want is not None else 0.0)
+
+    # -- one job -------------------------------------------------------------------------------------
+
+    def _run_job(self, request: GenerationRequest, cancel: threading.Event, emit: Callable[[EngineProgress], None]) -> GeneratedVideo:
+        try:
+            return self._generate(request, cancel, emit)
+        except (EngineError, sampling.SamplingCancelled):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the user sees one readable line
+            import torch
+
+            if isinstance(exc, torch.cuda.OutOfMemoryError):
+                raise EngineError(f"out of GPU memory at {request.width}x{request.height}x{request.length}; "
+                                  "lower the size or length", code="engine_error", details=traceback.format_exc()) from exc
+            raise EngineError(f"diffusers engine failed: {type(exc).__name__}: {exc}", details=traceback.format_exc()) from exc
+
+    @staticmethod
+    def _check_request(r: GenerationRequest) -> None:
+        """The shapes the Wan graph needs (the worker's schema checks these too; an engine used on
+        its own must not fail with a tensor error instead)."""
+        rules = [
+            ("width", r.width > 0 and r.width % 16 == 0, "a positive multiple of 16"),
+            ("height", r.height > 0 and r.height % 16 == 0, "a positive multiple of 16"),
+            ("length", r.length >= 1 and (r.length - 1) % 4 == 0, "4k+1 frames (1, 5, ..., 81)"),
+            ("fps", r.fps >= 1, "at least 1"),
+            ("steps", r.steps >= 1, "at least 1"),
+            ("high_noise_steps", 0 <= r.high_noise_steps <= r.steps, "between 0 and steps"),
+            ("cfg", r.cfg >= 0.0, "at least 0 (1 = no guidance pass)"),
+            ("shift", r.shift > 0, "positive"),
+        ]
+        for field, ok, rule in rules:
+            if not ok:
+                raise EngineError(f"{field} must be {rule} (got {getattr(r, field)!r})", code="engine_error")
+
+    def _generate(self, request: GenerationRequest, cancel: threading.Event, emit: Callable[[EngineProgress], None]) -> GeneratedVideo:
+        import torch
+
+        from i2v_worker.engines.diffusers.video import write_mp4
+
+        self._check_request(request)
+        started = self._clock()
+        deadline = started + float(self._settings.job_deadline_s)
+        self._prepare()
+        t0 = time.perf_counter()
+        comps = self._load_all(request)
+        t_load = time.perf_counter() - t0
+        if cancel.is_set():
+            raise sampling.SamplingCancelled()
+        dev, dt = self._device, self._dtype
+        vae = comps[ModelRole.VAE].obj
+        te = comps[ModelRole.TEXT_ENCODER].obj
+
+        marks: dict[str, float] = {}
+        t0 = time.perf_counter()
+
+        def mark(stage: str) -> None:  # wall time of each stage, for logs and bench/
+            nonlocal t0
+            now = time.perf_counter()
+            marks[stage] = now - t0
+            t0 = now
+
+        with torch.inference_mode():
+            context = te.encode([request.prompt]).to(dev, dt)
+            negative = te.encode([request.negative_prompt]).to(dev, dt) if request.cfg != 1.0 else None
+            mark("text_encode")
+            condition = self._image_condition(request, vae)
+            mark("image_encode")
+            lat_t = (request.length - 1) // 4 + 1
+            shape = (1, 16, lat_t, request.height // 8, request.width // 8)
+            # ComfyUI's prepare_noise: torch.manual_seed(seed) then randn on the CPU, float32
+            noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(request.seed)), dtype=torch.float32).to(dev)
+            sigmas = sampling.simple_sigmas(request.steps, request.shift)
+            experts = {which: self._denoiser(comps[role].obj) for which, role in _EXPERT_ROLES.items()}
+            record = sampling.SamplingRecord()
+            self.last_record = record
+
+            def check() -> None:
+                if self._clock() > deadline:
+                    raise EngineError(f"the job passed its deadline of {self._settings.job_deadline_s:g} s during sampling "
+                                      f"(step {len(record.experts) + 1} of {request.steps})", code="timeout")
+
+            def on_step(i: int, total: int, which: str) -> None:
+                emit(EngineProgress("sampling", i, total, message=which))
+
+            latents = sampling.sample_euler(
+                experts, noise, condition, sigmas, request.high_noise_steps, context, negative, request.cfg,
+                cancel=cancel, check=check, on_step=on_step, record=record,
+            )
+            mark("sampling")
+            if cancel.is_set():
+                raise sampling.SamplingCancelled()
+            frames = self._decode(latents, vae)
+            mark("vae_decode")
+        self.last_frames_sha256 = hashlib.sha256(frames.tobytes()).hexdigest()
+        out = Path(request.output_dir) / f"{request.job_id}.mp4"
+        write_mp4(frames, out, request.fps)
+        mark("mp4")
+        timings = {"load": t_load, "inference": marks["text_encode"] + marks["image_encode"] + marks["sampling"],
+                   "encode": marks["vae_decode"] + marks["mp4"], **marks}
+        log(logger, logging.INFO, "job done", job_id=request.job_id, experts="".join(e[0] for e in record.experts),
+            **{f"{k}_s": round(v, 2) for k, v in timings.items()})
+        return GeneratedVideo(
+            path=out, width=request.width, height=request.height, frames=int(frames.shape[0]), fps=request.fps,
+            timings=timings,
+        )
+
+    @staticmethod
+    def _denoiser(model):
+        def run(x_in, t, context):
+            return model(hidden_states=x_in, timestep=t, encoder_hidden_states=context, return_dict=False)[0]
+
+        return run
+
+    def _image_condition(self, request: GenerationRequest, vae):
+        """[mask (4) | image latent (16)] over the latent frames, as diffusers' WanImageToVideoPipeline.
+        prepare_latents and ComfyUI's WanImageToVideo build it: the start image then gray frames
+        encoded by the VAE, normalized with the Wan2.1 latent mean/std; mask 1 on the first latent
+        frame (the given image), 0 elsewhere."""
+        import numpy as np
+        import torch
+        from PIL import Image, ImageOps
+
+        dev, dt = self._device, self._dtype
+        try:
+            img = Image.open(io.BytesIO(request.image_png)).convert("RGB")
+        except Exception as exc:  # noqa: BLE001
+            raise EngineError(f"image_png could not be decoded: {exc}", code="engine_error") from exc
+        # ComfyUI: common_upscale(..., "bilinear", "center") = center crop to the aspect, then resize
+        img = ImageOps.fit(img, (request.width, request.height), method=Image.BILINEAR, centering=(0.5, 0.5))
+        pixels = torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)  # 3,H,W in [-1,1]
+        video = torch.zeros((1, 3, request.length, request.height, request.width), dtype=torch.float32)
+        video[0, :, 0] = pixels  # frames after the first: 0 = ComfyUI's 0.5 gray
+        enc = vae.encode(video.to(dev, vae.dtype)).latent_dist.mode().float()
+        mean = torch.tensor(vae.config.latents_mean, device=dev).view(1, -1, 1, 1, 1)
+        std = torch.tensor(vae.config.latents_std, device=dev).view(1, -1, 1, 1, 1)
+        latent = (enc - mean) / std
+        mask = torch.zeros((1, 4, *latent.shape[2:]), device=dev)
+        mask[:, :, 0] = 1.0
+        return torch.cat([mask, latent], dim=1).to(dt)
+
+    def _decode(self, latents, vae):
+        import torch
+
+        mean = torch.tensor(vae.config.latents_mean, device=latents.device).view(1, -1, 1, 1, 1)
+        std = torch.tensor(vae.config.latents_std, device=latents.device).view(1, -1, 1, 1, 1)
+        video = vae.decode((latents * std + mean).to(vae.dtype), return_dict=False)[0]  # 1,3,T,H,W in [-1,1]
+        video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return video[0].permute(1, 2, 3, 0).contiguous().cpu().numpy()  # T,H,W,3
