@@ -10,7 +10,9 @@ One `Downloader` serves every download of a store (from several threads at once)
   (preallocated with fallocate(2) so a full disk shows at the start): memory per connection is one
   1 MiB buffer, whatever the file size;
 - a hasher thread follows the contiguous written prefix and feeds sha256 from the page cache
-  (`preadv`), so verification needs no second pass after the download;
+  (mmap windows, else `preadv`), so verification needs no second pass after the download;
+- the supervising thread asks the kernel to start writing the prefix out as it grows
+  (sync_file_range), so the fsync before publish does not stall on a whole file of dirty pages;
 - every few seconds the contiguous prefix is fsynced and recorded in the sidecar
   `part_path + ".json"` (written atomically: temp + os.replace), so a download killed by anything,
   SIGKILL included, resumes: the next call rehashes that prefix from disk and fetches the rest;
@@ -37,11 +39,13 @@ import hashlib
 import http.client
 import json
 import logging
+import mmap
 import os
 import random
 import re
 import shutil
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -62,23 +66,25 @@ logger = logging.getLogger("i2v_worker.store.transfer")
 
 __all__ = [
     "TransferConfig", "ConnectionBudget", "Transferred", "Downloader", "TransferCancelled",
-    "make_client", "remove_part", "sidecar_path", "read_sidecar",
+    "make_client", "make_ssl_context", "remove_part", "sidecar_path", "read_sidecar",
 ]
 
 SIDECAR_VERSION = 1
-_HASH_BLOCK = 4 * 2**20  # hasher reads the written prefix in blocks of this size
+_HASH_BLOCK = 4 * 2**20  # hasher wakes for this much new prefix; preadv block when mmap is refused
+_HASH_WINDOW = 16 * 2**20  # hasher's mmap window over the part file
 _COPY_BLOCK = 8 * 2**20  # file:// copies and resume rehash
 _CHECKPOINT_S = 2.0  # sidecar update interval
 _PROGRESS_S = 0.5  # progress callback interval
 _NET_BLOCK = 1 * 2**20  # body buffer per connection (readinto, then pwrite)
+_WRITEBACK_MIN = 16 * 2**20  # start writeback of the written prefix in steps of at least this
 _USER_AGENT = "i2v-worker"
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
 @dataclass(frozen=True)
 class TransferConfig:
-    connections_per_file: int = 8
-    max_connections: int = 16
+    connections_per_file: int = 16  # a CDN caps each connection (~40 MB/s): 16 reach aria2c -x16
+    max_connections: int = 32  # across all downloads: two big files at full speed at once
     chunk_size: int = 16 * 2**20  # range size
     read_timeout_s: float = 30.0
     connect_timeout_s: float = 10.0
@@ -90,6 +96,12 @@ class TransferConfig:
     retry_after_max_s: float = 300.0  # longest Retry-After honoured
     max_reresolves: int = 3  # 403 -> re-resolve rounds without progress before giving up
     preallocate: bool = True  # posix_fallocate the part file (else a sparse truncate)
+    # Linux: start writeback (sync_file_range) of the written prefix while downloading, so the
+    # fsync before publish finds little left to write (it was ~0.5 s per GiB of wall time).
+    early_writeback: bool = True
+    # hash the written prefix through mmap windows (hashlib reads the page cache directly: ~0.15 s
+    # CPU per GiB less than preadv into a buffer, measured here); preadv where mmap is refused.
+    hash_mmap: bool = True
 
     def __post_init__(self) -> None:
         for name in ("connections_per_file", "max_connections", "chunk_size", "max_attempts"):
@@ -133,6 +145,12 @@ class Transferred:
 
 class TransferCancelled(StoreError):
     """The cancel event was set: the part file and its sidecar are kept for a later resume."""
+
+
+def make_ssl_context() -> Any:
+    """The TLS context httpx builds by default (certifi, SSL_CERT_FILE/DIR). Loading the CA bundle
+    costs ~35 ms of CPU: build it once and pass it to `make_client(verify=...)` and `Downloader`."""
+    return httpx.create_ssl_context()
 
 
 def make_client(config: TransferConfig | None = None, **kw: Any) -> httpx.Client:
@@ -329,12 +347,15 @@ class Downloader:
         # (see _Connection for the measurement). `resolver` is unused: callers pass `reresolve`.
         self.resolver = resolver
         self._reresolve_lock = threading.Lock()
+        # one preallocation at a time: two concurrent fallocates that together exceed the free
+        # space can both fail half-way (seen on tmpfs), where one after the other one succeeds
+        self._prepare_lock = threading.Lock()
         self._ssl: Any = ssl_context  # None: built like httpx's default on first HTTPS use
 
     def _ssl_context(self) -> Any:
         """TLS context for the range connections, built like httpx's (certifi, SSL_CERT_FILE/DIR)."""
         if self._ssl is None:
-            self._ssl = httpx.create_ssl_context()
+            self._ssl = make_ssl_context()
         return self._ssl
 
     # ---- public ------------------------------------------------------------------------------------
@@ -429,6 +450,7 @@ class Downloader:
         progress_throttle = Throttle(_PROGRESS_S, self.clock)
         checkpoint_throttle = Throttle(_CHECKPOINT_S, self.clock)
         checkpoint_throttle.ready()
+        flushed = job.prefix  # writeback started up to here (see _start_writeback)
         try:
             while True:
                 alive = [w for w in workers if w.is_alive()]
@@ -441,6 +463,8 @@ class Downloader:
                     progress(job.done_bytes(), job.size)
                 if checkpoint_throttle.ready():
                     self._checkpoint(job, identity)
+                elif cfg.early_writeback:
+                    flushed = self._start_writeback(job, flushed)
         except BaseException:
             job.interrupt()
             for w in workers:
@@ -483,9 +507,7 @@ class Downloader:
 
     def _hash_loop(self, job: _Job, state: dict[str, Any]) -> None:
         """Consume the contiguous written prefix in order (page cache reads, GIL released)."""
-        buf = bytearray(_HASH_BLOCK)
-        mv = memoryview(buf)
-        h = state["hasher"]
+        reader = _PrefixHasher(job.fd, state["hasher"], use_mmap=self.config.hash_mmap)
         try:
             while True:
                 with job.cond:
@@ -496,11 +518,7 @@ class Downloader:
                     target = job.prefix
                 pos = job.hashed
                 while pos < target:
-                    n = os.preadv(job.fd, [mv[: min(_HASH_BLOCK, target - pos)]], pos)
-                    if n <= 0:
-                        raise OSError(errno.EIO, f"short read at {pos} while hashing")
-                    h.update(mv[:n])
-                    pos += n
+                    pos = reader.update(pos, target)
                 with job.lock:
                     job.hashed = pos
                 if pos >= job.size:
@@ -508,6 +526,17 @@ class Downloader:
         except BaseException as exc:  # noqa: BLE001 - reported to the main thread
             state["error"] = exc
             job.fail(exc)
+
+    def _start_writeback(self, job: _Job, flushed: int) -> int:
+        """Ask the kernel to start writing [flushed, prefix) to disk now (non-blocking), so the
+        fdatasync of the next checkpoint and the fsync before publish have little left to do."""
+        with job.lock:
+            prefix = job.prefix
+        if prefix - flushed < _WRITEBACK_MIN:
+            return flushed
+        if not _sync_file_range_write(job.fd, flushed, prefix - flushed):
+            return job.size  # unsupported here: stop trying for this job
+        return prefix
 
     def _worker(self, job: _Job) -> None:
         conn = _Connection(self, job)
@@ -849,7 +878,9 @@ class Downloader:
             os.ftruncate(fd, size)
         if self.config.preallocate and size > 0:
             try:
-                if _fallocate(fd, size):
+                with self._prepare_lock:
+                    allocated = _fallocate(fd, size)
+                if allocated:
                     return
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -1009,6 +1040,73 @@ def _fallocate(fd: int, size: int) -> bool:
     if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
         return False
     raise OSError(err, os.strerror(err))
+
+
+class _PrefixHasher:
+    """Feeds sha256 with [pos, end) of the part file, from the page cache, in order.
+
+    mmap windows of `_HASH_WINDOW` bytes (unmapped after each, so RSS stays bounded): the hash
+    reads the cached pages in place instead of copying them into a buffer first. The bytes are
+    already written by this process (pwrite completed), so the pages are cached or on disk; where
+    mmap is refused (some FUSE/network filesystems) it falls back to preadv into one reused buffer.
+    Trade-off: a page that cannot be read back (an I/O error on a network volume after eviction)
+    is a SIGBUS with mmap where preadv gives EIO; the part file and sidecar survive either way, so
+    the next attempt resumes. `TransferConfig(hash_mmap=False)` chooses preadv.
+    """
+
+    def __init__(self, fd: int, hasher: Any, *, use_mmap: bool) -> None:
+        self.fd, self.hasher, self.use_mmap = fd, hasher, use_mmap
+        self.buf: memoryview | None = None
+
+    def update(self, pos: int, end: int) -> int:
+        """Hash a prefix of [pos, end); returns the new position (> pos)."""
+        if self.use_mmap:
+            base = pos - pos % mmap.ALLOCATIONGRANULARITY
+            stop = min(end, base + _HASH_WINDOW)
+            try:
+                m = mmap.mmap(self.fd, stop - base, prot=mmap.PROT_READ, offset=base)
+            except (OSError, ValueError):
+                self.use_mmap = False
+            else:
+                try:
+                    with memoryview(m)[pos - base:] as view:
+                        self.hasher.update(view)
+                finally:
+                    m.close()
+                return stop
+        if self.buf is None:
+            self.buf = memoryview(bytearray(_HASH_BLOCK))
+        n = os.preadv(self.fd, [self.buf[: min(_HASH_BLOCK, end - pos)]], pos)
+        if n <= 0:
+            raise OSError(errno.EIO, f"short read at {pos} while hashing")
+        self.hasher.update(self.buf[:n])
+        return pos + n
+
+
+_libc_sync_file_range: Any = None
+
+
+def _sync_file_range_write(fd: int, offset: int, nbytes: int) -> bool:
+    """sync_file_range(2) with SYNC_FILE_RANGE_WRITE: start writeback of a range without waiting
+    (Python's os module lacks it). False where unavailable; errors are ignored (an optimisation only:
+    durability still comes from fdatasync/fsync)."""
+    global _libc_sync_file_range
+    if _libc_sync_file_range is None:
+        _libc_sync_file_range = False
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                func = ctypes.CDLL(None, use_errno=True).sync_file_range
+                func.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+                func.restype = ctypes.c_int
+                _libc_sync_file_range = func
+            except (OSError, AttributeError):
+                pass
+    if _libc_sync_file_range is False:
+        return False
+    _libc_sync_file_range(fd, offset, nbytes, 2)  # SYNC_FILE_RANGE_WRITE
+    return True
 
 
 def _body_reader(resp: http.client.HTTPResponse) -> Callable[[memoryview], int]:
