@@ -357,12 +357,24 @@ def tool_specs(args, i2v: str | None, base: str, sha: str) -> list[tuple[str, st
                 f"{base}/files/{loc}/{FILE_NAME}"]
         return argv, clean_env({}), dest
 
+    def curl_verified(loc: str, work: Path):
+        # What a user needs to match the store's guarantee with curl: download, then hash the file
+        # (hashlib, the fastest sha256 here) and compare. Context for the targets, not a baseline.
+        dest = work / FILE_NAME
+        script = (f'"$1" --fail --silent --show-error --http1.1 -o "$2" "$3" && "$4" -c '
+                  f'"import hashlib,sys; h=hashlib.file_digest(open(sys.argv[1],\'rb\'),\'sha256\').hexdigest(); '
+                  f'sys.exit(h != sys.argv[2])" "$2" "$5"')
+        argv = ["/bin/sh", "-c", script, "sh", find_binary("curl"), str(dest), f"{base}/files/{loc}/{FILE_NAME}",
+                sys.executable, sha]
+        return argv, clean_env({}), dest
+
     specs = []
     if i2v:
         specs.append(("store", "i2v-worker models get", store(None)))
         if args.connections:
             specs.append(("store", f"i2v-worker models get --connections {args.connections}", store(args.connections)))
-    specs += [("hf", "hf_hub_download", hf), ("aria2c", "aria2c -x16 -s16", aria2), ("curl", "curl", curl)]
+    specs += [("hf", "hf_hub_download", hf), ("aria2c", "aria2c -x16 -s16", aria2), ("curl", "curl", curl),
+              ("curl", "curl, then sha256 check", curl_verified)]
     return specs
 
 
