@@ -64,8 +64,10 @@ class EngineEnv:
         return GenerationRequest(**fields)
 
     def slow_request(self, job_id: str, **overrides: Any) -> GenerationRequest:
-        """Long enough on CPU to be cancelled or killed mid-sampling (never meant to finish)."""
-        return self.request(job_id, steps=400, high_noise_steps=200, length=9, **overrides)
+        """Long enough on CPU to be cancelled or killed mid-sampling (never meant to finish): on an
+        idle machine the tiny model takes a few ms per step at 64x64x9, so 400 steps could finish
+        inside a test's 4 s deadline. 4000 steps at 96x96x17 take minutes."""
+        return self.request(job_id, steps=4000, high_noise_steps=2000, length=17, width=96, height=96, **overrides)
 
     def http(self) -> httpx.Client:
         return httpx.Client(base_url=self.engine.base_url, timeout=30, trust_env=False)
