@@ -293,7 +293,9 @@ class Worker:
         last_log = Throttle(10.0, self._clock)
 
         def on_event(ev: ProgressEvent) -> None:
-            important = ev.phase in ("published", "failed", "waiting")
+            # A model's own phase change goes out at once; the store's overall summary event that
+            # follows it carries the same totals, so it waits for the throttle like byte progress.
+            important = ev.phase in ("published", "failed", "waiting") and ev.model is not None
             with lock:
                 if not throttle.ready(force=important):
                     return
