@@ -129,6 +129,13 @@ def execution_error(data: Mapping[str, Any], graph: Mapping[str, Any] | None = N
         "traceback": "".join(tb) if isinstance(tb, list) else tb,
     }
     code = "model_error" if _looks_like_model_failure(node_type, exc_type) else "engine_error"
+    if code == "model_error":
+        inputs = (graph or {}).get(node_id, {}).get("inputs", {})
+        model_file = next((v for k, v in inputs.items() if k.endswith("_name") and isinstance(v, str)), None)
+        if model_file:
+            details["model_file"] = model_file
+            message += (f" (model file {model_file}: `i2v-worker models verify --full` finds a corrupt file"
+                        " and the next fetch replaces it)")
     return EngineError(message, code=code, details=details)
 
 
