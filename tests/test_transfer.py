@@ -74,7 +74,7 @@ class Rig:
                                         "backoff_base_s": 0.01, **cfg})
         self.client = make_client(self.config)
         self.resolver = SourceResolver(HubConfig(endpoint=hf.endpoint, token=token), self.client, sleep=self.sleep)
-        self.downloader = Downloader(self.config, self.client, sleep=self.sleep)
+        self.downloader = Downloader(self.config, sleep=self.sleep)
         self.part = tmp / "model.bin.part"
 
     def resolve(self, uri: str = URI) -> ResolvedSource:
@@ -401,7 +401,7 @@ def test_connection_budget_caps_connections_across_downloads(hf_server, tmp_path
     client = make_client(cfg)
     budget = ConnectionBudget(3)
     resolver = SourceResolver(HubConfig(endpoint=hf_server.endpoint), client)
-    dl = Downloader(cfg, client, budget=budget)
+    dl = Downloader(cfg, budget=budget)
     results = {}
 
     def run(path: str) -> None:
@@ -428,11 +428,11 @@ def test_https_download_and_untrusted_certificate(hf_server_factory, tmp_path, d
         resolver = SourceResolver(HubConfig(endpoint=hf.endpoint), client)
         src = resolver.resolve(URI, model="m")
         assert src.url.startswith("https://")
-        got = Downloader(cfg, client, ssl_context=trusted).download(src, tmp_path / "m.part", model="m")
+        got = Downloader(cfg, ssl_context=trusted).download(src, tmp_path / "m.part", model="m")
         assert (tmp_path / "m.part").read_bytes() == data and got.sha256 == sha
         served = hf.bytes_served
         with pytest.raises(DownloadError) as ei:  # default trust store: the self-signed CDN is refused
-            Downloader(cfg, client).download(src, tmp_path / "x.part", model="tiny-vae")
+            Downloader(cfg).download(src, tmp_path / "x.part", model="tiny-vae")
     assert ei.value.permanent and "certificate" in str(ei.value) and "tiny-vae" in str(ei.value)
     assert hf.bytes_served == served
 
@@ -458,7 +458,7 @@ def test_s3_source_downloads_by_ranges(s3_server, tmp_path, data):
     resolver = SourceResolver(HubConfig(), client, s3_client_factory=s3_server.client)
     src = resolver.resolve("s3://models/dir/model.bin", model="m")
     assert src.size == SIZE and src.etag and src.display_url == "s3://models/dir/model.bin"
-    got = Downloader(cfg, client).download(src, tmp_path / "m.part", model="m",
+    got = Downloader(cfg).download(src, tmp_path / "m.part", model="m",
                                            reresolve=lambda: resolver.resolve("s3://models/dir/model.bin"))
     client.close()
     assert (tmp_path / "m.part").read_bytes() == data

@@ -112,7 +112,7 @@ class ModelStore:
         )
 
     def _transfer_engine(self) -> tuple[Any, Any]:
-        """The resolver and downloader (H1's transfer engine), shared by every download of this
+        """The resolver and downloader (the transfer engine), shared by every download of this
         store so the ConnectionBudget caps connections across all files."""
         with self._engine_lock:
             if self._engine is None:
@@ -121,7 +121,7 @@ class ModelStore:
 
                 resolver = SourceResolver(self.hub, client=self._client, s3_client_factory=self._s3_client_factory)
                 budget = ConnectionBudget(self.transfer.max_connections)
-                downloader = Downloader(self.transfer, budget=budget, resolver=resolver, client=self._client)
+                downloader = Downloader(self.transfer, budget=budget, resolver=resolver)
                 self._engine = (resolver, downloader)
             return self._engine
 

@@ -334,12 +334,11 @@ class _Job:
 
 
 class Downloader:
-    def __init__(self, config: TransferConfig, client: httpx.Client | None = None, *,
+    def __init__(self, config: TransferConfig, *,
                  budget: ConnectionBudget | None = None, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep, resolver: Any = None,
                  ssl_context: Any = None) -> None:
         self.config = config
-        self.client = client
         self.budget = budget if budget is not None else ConnectionBudget(config.max_connections)
         self.clock = clock
         self._sleep = sleep
@@ -576,17 +575,10 @@ class Downloader:
                 if r.filled >= r.end:
                     return
                 raise _Transient("the body ended before the end of the range")
-            except _Expired:
-                conn.close()
-                job.renew_url(gen)
-                continue
-            except _Transient as exc:
-                conn.close()
-                err = exc
-            except (OSError, http.client.HTTPException) as exc:  # network: reset, timeout, bad response
-                conn.close()
-                _raise_if_tls_refused(exc, job)
-                err = _Transient(_describe(exc))
+            except (_Expired, _Transient, OSError, http.client.HTTPException) as exc:
+                err = _after_failed_request(exc, job, conn, gen)
+                if err is None:
+                    continue
             if job.stopped():
                 raise _Aborted()
             failures = 0 if r.filled > before else failures + 1
@@ -730,17 +722,10 @@ class Downloader:
                     if job.cancel is not None and job.cancel.is_set():
                         continue
                     raise _Transient(f"body ended at {state['pos']} of {expected} bytes")
-                except _Expired:
-                    conn.close()
-                    job.renew_url(gen)
-                    continue
-                except _Transient as exc:
-                    conn.close()
-                    err = exc
-                except (OSError, http.client.HTTPException) as exc:
-                    conn.close()
-                    _raise_if_tls_refused(exc, job)
-                    err = _Transient(_describe(exc))
+                except (_Expired, _Transient, OSError, http.client.HTTPException) as exc:
+                    err = _after_failed_request(exc, job, conn, gen)
+                    if err is None:
+                        continue
                 failures = 0 if state["pos"] > before else failures + 1
                 if failures >= cfg.max_attempts:
                     raise DownloadError(f"gave up after {failures} attempts without progress (last error: {err})",
@@ -1136,6 +1121,20 @@ def _finish_body(resp: http.client.HTTPResponse) -> None:
     """Mark a fully read response closed so its connection can carry the next request."""
     if resp.length == 0 and not resp.isclosed():
         resp.read()
+
+
+def _after_failed_request(exc: BaseException, job: _Job, conn: Any, gen: int) -> "_Transient | None":
+    """Close the connection after a failed request and classify the failure: None when the CDN URL
+    expired (renewed here; retry at once), else the retryable error (a refused TLS certificate is
+    raised as permanent). Network errors are resets, timeouts and malformed responses."""
+    conn.close()
+    if isinstance(exc, _Expired):
+        job.renew_url(gen)
+        return None
+    if isinstance(exc, _Transient):
+        return exc
+    _raise_if_tls_refused(exc, job)
+    return _Transient(_describe(exc))
 
 
 def _raise_if_tls_refused(exc: BaseException, job: _Job) -> None:
