@@ -698,3 +698,21 @@ def _normal(rng: np.random.Generator, shape: tuple[int, ...], std: float) -> np.
 def _save_safetensors(path: Path, tensors: dict) -> None:
     """A dict of torch tensors, through the streaming writer (same layout as safetensors' save_file)."""
     _write_safetensors(path, [_stored_tensor(k, v) for k, v in tensors.items()])
+
+
+def estimate_bytes(spec: TinySpec) -> dict[ModelRole, int]:
+    """About how many bytes each file of `spec` takes (from the same plans the writers use; headers
+    and the embedded tokenizer add well under 1 MB), e.g. to check free disk space first."""
+    import gguf
+
+    q = gguf.GGMLQuantizationType
+    per = {q.Q5_0: _Q5_0_BYTES / _Q5_0_BLOCK, q.F16: 2, q.F32: 4}
+    expert = sum(int(np.prod(p.shape) * per[gguf_tensor_type(p.name, p.shape)]) for p in wan_dit_plan(spec))
+    umt5 = sum(int(np.prod(p.shape)) * (1 if p.name.endswith(_UMT5_LINEARS) else 2) for p in umt5_plan(spec))
+    return {
+        ModelRole.HIGH_NOISE: expert,
+        ModelRole.LOW_NOISE: expert,
+        ModelRole.VAE: sum(int(np.prod(p.shape)) * 2 for p in wan_vae_plan(spec)),
+        ModelRole.TEXT_ENCODER: umt5,
+        ModelRole.LORA: sum(int(np.prod(p.shape)) * 2 for p in lora_plan(spec)),
+    }
