@@ -200,6 +200,17 @@ class NvidiaSmiPeak:
             self._thread.join(2)
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak RSS: VmHWM (ru_maxrss would include a parent's high-water mark on Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def start_png(width: int, height: int) -> bytes:
     """A start image with structure (gradients and a disc), PNG."""
     import numpy as np
@@ -344,7 +355,7 @@ async def run_diffusers(shape: str, paths: dict[ModelRole, Path], job: JobShape,
             loads = {k: round(v, 4) for k, v in engine.bench_loads.items()}
             if "load" in t and loads:
                 loads["lora_apply_and_rest"] = round(max(0.0, t["load"] - sum(engine.bench_loads.values())), 4)
-            mem: dict[str, Any] = {"process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+            mem: dict[str, Any] = {"process_peak_rss_bytes": peak_rss_bytes()}
             if cuda:
                 mem.update(torch_peak_allocated_bytes=torch.cuda.max_memory_allocated(),
                            torch_peak_reserved_bytes=torch.cuda.max_memory_reserved(),
