@@ -378,19 +378,22 @@ async def run_diffusers(shape: str, paths: dict[ModelRole, Path], job: JobShape,
 # ComfyUI engine
 
 
-def comfyui_unavailable(shape: str, comfyui_path: Path) -> str | None:
+def comfyui_unavailable(shape: str, comfyui_path: Path, comfyui_args: str = "") -> str | None:
     """Why the ComfyUI engine cannot be measured here (None: it can)."""
+    import shlex
+
     if shape == "tiny":
         return ("tiny shape: ComfyUI builds UMT5 from its fixed XXL config, so the tiny encoder loads only "
                 "through the test-only patch node (tests/comfyui_nodes), and the test-only GGUF loader stand-in "
                 "dequantizes every tensor at load: neither is what production runs")
     if not (comfyui_path / "main.py").is_file():
         return f"no ComfyUI at {comfyui_path} (main.py missing); set COMFYUI_PATH to a ComfyUI with ComfyUI-GGUF installed"
-    nodes = comfyui_path / "custom_nodes"
-    if not any((nodes / d).is_dir() for d in GGUF_NODE_DIRS):
-        return (f"{nodes} has no ComfyUI-GGUF (city96) node: install it as production does; the test-only "
-                "stand-in (tests/comfyui_nodes/i2v_test_gguf_loader) dequantizes every tensor at load and is not "
-                "representative")
+    argv = shlex.split(comfyui_args or "")
+    bases = [comfyui_path] + [Path(argv[i + 1]) for i, a in enumerate(argv[:-1]) if a == "--base-directory"]
+    if not any((b / "custom_nodes" / d).is_dir() for b in bases for d in GGUF_NODE_DIRS):
+        return (f"{comfyui_path / 'custom_nodes'} has no ComfyUI-GGUF (city96) node: install it as production does; "
+                "the test-only stand-in (tests/comfyui_nodes/i2v_test_gguf_loader) dequantizes every tensor at load "
+                "and is not representative")
     return None
 
 
@@ -426,22 +429,30 @@ class _FolderPaths:
 
 
 async def run_comfyui(shape: str, paths: dict[ModelRole, Path], job: JobShape, *, device: str, out_dir: Path,
-                      jobs: int) -> dict[str, Any]:
+                      jobs: int, comfyui_path: Path | None = None, comfyui_args: str | None = None,
+                      env: dict[str, str] | None = None, test_nodes: bool = False) -> dict[str, Any]:
+    """Jobs through ComfyUIEngine (a supervised ComfyUI: COMFYUI_PATH, COMFYUI_ARGS, default
+    /opt/ComfyUI and --highvram). `test_nodes` is for this script's own test: it runs a ComfyUI
+    whose custom_nodes hold the test-only nodes, and the report says that it is not representative."""
     from i2v_worker.config import Settings
     from i2v_worker.engines.comfyui.engine import ComfyUIEngine
 
     env_settings = Settings.from_env()
-    comfyui_path = Path(env_settings.comfyui_path or "/opt/ComfyUI")
-    reason = comfyui_unavailable(shape, comfyui_path)
+    comfyui_path = Path(comfyui_path or env_settings.comfyui_path or "/opt/ComfyUI")
+    args = comfyui_args if comfyui_args is not None else (env_settings.comfyui_args or "--highvram")  # both experts resident
+    reason = None if test_nodes else comfyui_unavailable(shape, comfyui_path, args)
     if reason:
         return {"status": "skipped", "reason": reason}
     folder = next(iter(paths.values())).parent
     work = Path(tempfile.mkdtemp(prefix="i2v-bench-comfyui-"))
-    args = env_settings.comfyui_args or "--highvram"  # keep both experts resident (warm job)
     settings = Settings(model_dir=out_dir, engine="comfyui", device=device, comfyui_path=comfyui_path,
                         comfyui_args=args, comfyui_port=env_settings.comfyui_port, job_deadline_s=7200)
-    engine = ComfyUIEngine(settings, _FolderPaths(folder, work))
-    result: dict[str, Any] = {"status": "ok", "comfyui_path": str(comfyui_path), "comfyui_args": args, "jobs": []}
+    engine = ComfyUIEngine(settings, _FolderPaths(folder, work), env=env)
+    result: dict[str, Any] = {
+        "status": "ok", "comfyui_path": str(comfyui_path), "comfyui_args": args, "jobs": [],
+        "gguf_loader": ("TEST-ONLY stand-in (dequantizes every tensor at load): not representative" if test_nodes
+                        else "ComfyUI-GGUF"),
+    }
     try:
         t0 = time.perf_counter()
         await engine.start()

@@ -234,3 +234,62 @@ def test_large_files_are_written_in_bounded_memory(tmp_path: Path):
     size, rss = map(int, proc.stdout.split())
     assert size > 800e6
     assert rss < 0.5 * size, f"peak RSS {rss / 1e6:.0f} MB for a {size / 1e6:.0f} MB file: not streamed"
+
+
+def _bench_module():
+    import importlib.util
+
+    if "bench_gpu" in sys.modules:
+        return sys.modules["bench_gpu"]
+    spec = importlib.util.spec_from_file_location("bench_gpu", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    sys.modules["bench_gpu"] = mod  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_comfyui_is_skipped_with_the_reason_without_the_real_gguf_node(tmp_path: Path):
+    bench = _bench_module()
+    assert "test-only" in bench.comfyui_unavailable("tiny", tmp_path)
+    assert "main.py missing" in bench.comfyui_unavailable("production", tmp_path)
+    (tmp_path / "main.py").write_text("")
+    (tmp_path / "custom_nodes" / "i2v_test_gguf_loader").mkdir(parents=True)
+    reason = bench.comfyui_unavailable("production", tmp_path)
+    assert "no ComfyUI-GGUF" in reason and "not representative" in reason
+    base = tmp_path / "base"
+    (base / "custom_nodes" / "ComfyUI-GGUF").mkdir(parents=True)
+    assert bench.comfyui_unavailable("production", tmp_path, f"--highvram --base-directory {base}") is None
+
+
+@pytest.mark.comfyui
+@pytest.mark.timeout(400)
+async def test_comfyui_runner_measures_cold_and_warm_jobs(tmp_path: Path, monkeypatch):
+    """The ComfyUI half of the bench against a real ComfyUI (the vendored 0.3.75) with the TEST-ONLY
+    nodes, so its code runs in CI; the report marks such a run as not representative."""
+    from i2v_worker.tiny import generate_tiny_models
+    from tests.support.comfyui import ComfyUIServer, _free_port
+    from tests.support.comfyui_engine import OFFLINE_ENV
+
+    bench = _bench_module()
+    paths = generate_tiny_models(tmp_path / "models")
+    comfy = ComfyUIServer(tmp_path / "comfy")
+    comfy.prepare()
+    monkeypatch.setenv("COMFYUI_PORT", str(_free_port()))
+    job = bench.JobShape(64, 48, 5)
+    res = await bench.run_comfyui("tiny", paths, job, device="cpu", out_dir=tmp_path / "out", jobs=2,
+                                  comfyui_path=comfy.code_dir, env=OFFLINE_ENV, test_nodes=True,
+                                  comfyui_args=f"--base-directory {comfy.base_dir} --disable-api-nodes")
+    assert res["status"] == "ok", res
+    assert "TEST-ONLY" in res["gguf_loader"]
+    cold, warm = res["jobs"]
+    for j in (cold, warm):
+        assert j["end_to_end_s"] >= j["stages_s"]["inference"] > 0
+        assert j["stages_s"]["encode"] >= 0
+        for which in ("high_noise", "low_noise"):
+            assert j["experts"][which]["steps"] == 2
+            assert j["experts"][which]["measured_steps"] == 1 and j["experts"][which]["s_per_step"] > 0
+        assert j["video"]["bytes"] > 0
+    report = {"shape": "tiny", "job": bench.asdict(job), "host": {}, "engines": {"comfyui": res}}
+    table = bench.table(report)
+    assert "comfyui cold" in table and "ComfyUI inference (s)" in table
