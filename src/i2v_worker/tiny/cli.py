@@ -22,17 +22,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--out", required=True, type=Path, help="folder to write into (created if missing)")
     gen.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical files")
     gen.add_argument("--force", action="store_true", help="rewrite files that already exist")
+    gen.add_argument("--shape", default="tiny",
+                     help="tiny (default, a few MB); slice (production dims, one block, about 1.3 GB); "
+                          "production (the real sizes, about 27 GB, random blocks: bench/gpu.py)")
     gen.set_defaults(func=_generate)
     tiny.set_defaults(func=lambda args: (tiny.print_help(), 2)[1])
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from i2v_worker.tiny.generate import generate_tiny_models
+    from i2v_worker.tiny.generate import SHAPES, generate_models, shape_files
 
     start = time.monotonic()
-    paths = generate_tiny_models(args.out, seed=args.seed, force=args.force)
+    shape = getattr(args, "shape", "tiny")
+    if shape not in SHAPES:
+        print(f"unknown --shape {shape!r}; use one of: {', '.join(SHAPES)}")
+        return 2
+    paths = generate_models(args.out, SHAPES[shape], names=shape_files(shape), seed=args.seed, force=args.force)
     total = sum(p.stat().st_size for p in paths.values())
-    log(logger, logging.INFO, "tiny models ready", out=str(args.out), files=len(paths), bytes=total,
+    log(logger, logging.INFO, "tiny models ready", out=str(args.out), shape=shape, files=len(paths), bytes=total,
         seconds=round(time.monotonic() - start, 2))
     for role, path in paths.items():
         print(f"{role.value}\t{path}")
