@@ -510,7 +510,8 @@ def table(report: dict[str, Any]) -> str:
 
     st = lambda key: (lambda j: j.get("stages_s", {}).get(key))  # noqa: E731
     row("file load (s)", st("load"))
-    roles = sorted({k for j in per_col for k in j.get("loads_s", {})})
+    order = ["high_noise", "low_noise", "text_encoder", "vae", "lora_apply_and_rest"]
+    roles = sorted({k for j in per_col for k in j.get("loads_s", {})}, key=lambda k: (order.index(k) if k in order else 99, k))
     for k in roles:
         row(f"  {k}", lambda j, k=k: j.get("loads_s", {}).get(k))
     row("text encode (s)", st("text_encode"))
@@ -598,6 +599,14 @@ def main(argv: list[str] | None = None) -> int:
             "host": host, "job": asdict(job), "spec": asdict(SHAPES[shape]),
             "generate": {"seconds": round(generate_s, 3), "files": files}, "engines": {},
         }
+        dest = args.json or store / f"bench-gpu-{shape}.json"
+        if temp_store and args.json is None and not args.keep:
+            dest = Path(tempfile.gettempdir()) / f"bench-gpu-{shape}.json"
+
+        def save() -> None:  # after every engine, so a run stopped part way keeps what it measured
+            dest.write_text(json.dumps(report, indent=2) + "\n")
+
+        save()
         runners = {"diffusers": run_diffusers, "comfyui": run_comfyui}
         device = "cuda" if (args.device == "auto" and host.get("cuda_available")) else args.device
         for name in [e.strip() for e in args.engines.split(",") if e.strip()]:
@@ -611,12 +620,11 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001 - the report says which engine failed and why
                 msg = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
                 report["engines"][name] = {"status": "failed", "error": msg}
+                print(f"{name}: FAILED: {msg}", file=sys.stderr, flush=True)
+            save()
         report["ok"] = not any(r.get("status") == "failed" for r in report["engines"].values())
-        print(table(report))
-        dest = args.json or store / f"bench-gpu-{shape}.json"
-        if temp_store and args.json is None and not args.keep:
-            dest = Path(tempfile.gettempdir()) / f"bench-gpu-{shape}.json"
-        dest.write_text(json.dumps(report, indent=2) + "\n")
+        save()
+        print(table(report), flush=True)
         print(f"report: {dest}", file=sys.stderr)
         return 0 if report["ok"] else 1
     finally:
