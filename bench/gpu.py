@@ -158,10 +158,25 @@ def _mem_available() -> int | None:
 # measurement helpers
 
 
-class NvidiaSmiPeak:
-    """Highest `memory.used` (MiB) nvidia-smi reports for GPU `index` while running (every 100 ms)."""
+def nvidia_smi_id() -> str:
+    """nvidia-smi's id of torch's cuda:0 (its UUID: CUDA_VISIBLE_DEVICES renumbers torch's devices)."""
+    try:
+        import torch
 
-    def __init__(self, index: int = 0) -> None:
+        if torch.cuda.is_available():
+            uuid = str(torch.cuda.get_device_properties(0).uuid)
+            if uuid:
+                return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
+    except Exception:  # noqa: BLE001 - an older torch without .uuid: the first visible device
+        pass
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    return visible or "0"
+
+
+class NvidiaSmiPeak:
+    """Highest `memory.used` (MiB) nvidia-smi reports for torch's GPU while running (every 100 ms)."""
+
+    def __init__(self, index: str | None = None) -> None:
         self.index = index
         self.peak_mib: int | None = None
         self._proc: subprocess.Popen | None = None
@@ -171,6 +186,8 @@ class NvidiaSmiPeak:
         exe = shutil.which("nvidia-smi")
         if exe is None:
             return self
+        if self.index is None:
+            self.index = nvidia_smi_id()
         self._proc = subprocess.Popen([exe, "--query-gpu=memory.used", "--format=csv,noheader,nounits",
                                        f"--id={self.index}", "-lms", "100"], stdout=subprocess.PIPE,
                                       stderr=subprocess.DEVNULL, text=True)

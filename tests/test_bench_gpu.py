@@ -293,3 +293,23 @@ async def test_comfyui_runner_measures_cold_and_warm_jobs(tmp_path: Path, monkey
     report = {"shape": "tiny", "job": bench.asdict(job), "host": {}, "engines": {"comfyui": res}}
     table = bench.table(report)
     assert "comfyui cold" in table and "ComfyUI inference (s)" in table
+
+
+def test_nvidia_smi_peak_reads_the_highest_sample_and_stops_its_child(tmp_path: Path, monkeypatch):
+    """FAKE nvidia-smi (this machine has no NVIDIA driver): a script on PATH that prints samples the
+    way `nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100` does."""
+    bench = _bench_module()
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho \"$@\" > \"$(dirname \"$0\")/args\"\n"
+                    "while true; do echo 1000; sleep 0.02; echo 2500; sleep 0.02; echo 1200; sleep 0.02; done\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    with bench.NvidiaSmiPeak("GPU-test") as smi:
+        import time
+
+        time.sleep(0.5)
+    assert smi.peak_mib == 2500
+    assert smi._proc is not None and smi._proc.poll() is not None, "the sampler is stopped"
+    args = (fake.parent / "args").read_text()
+    assert "--id=GPU-test" in args and "memory.used" in args and "-lms" in args
