@@ -123,6 +123,9 @@ def preflight(shape: str, store: Path, *, device: str, min_vram_gb: float | None
     elif want_cuda:
         problems.append(f"no CUDA device (torch {torch.__version__}, torch.cuda.is_available() is False): the {shape} "
                         "shape needs a GPU with about 80 GB; run it on a GPU machine, or --shape tiny / slice on CPU")
+    if shape == "production" and device == "cpu":
+        problems.append("the production shape runs on a GPU only (on a CPU one 480p job would take hours); "
+                        "use --shape slice for the production code paths on a CPU")
     info["nvidia_smi"] = shutil.which("nvidia-smi") is not None
     store.mkdir(parents=True, exist_ok=True)
     spec = SHAPES[shape]
@@ -583,6 +586,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
     shape = args.shape
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    unknown = [e for e in engines if e not in ("diffusers", "comfyui")]
+    if unknown or not engines:
+        print(f"bench/gpu.py: --engines takes diffusers and/or comfyui (got {args.engines!r})", file=sys.stderr)
+        return 2
     store_env = os.environ.get("I2V_BENCH_DIR")
     temp_store = args.store is None and not store_env
     if temp_store and shape == "production":
@@ -626,10 +634,7 @@ def main(argv: list[str] | None = None) -> int:
         save()
         runners = {"diffusers": run_diffusers, "comfyui": run_comfyui}
         device = "cuda" if (args.device == "auto" and host.get("cuda_available")) else args.device
-        for name in [e.strip() for e in args.engines.split(",") if e.strip()]:
-            if name not in runners:
-                print(f"unknown engine {name!r} (diffusers, comfyui)", file=sys.stderr)
-                return 2
+        for name in engines:
             print(f"{name}: running {args.jobs} job(s)", file=sys.stderr, flush=True)
             try:
                 report["engines"][name] = asyncio.run(runners[name](shape, paths, job, device=device, out_dir=out_dir,
