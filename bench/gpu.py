@@ -59,7 +59,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from i2v_worker.engines.base import EngineProgress, GenerationRequest, ModelRole
 from i2v_worker.tiny.generate import SHAPES, estimate_bytes, generate_models, shape_files
@@ -329,7 +329,7 @@ def instrumented_diffusers_engine():
 
 
 async def run_diffusers(shape: str, paths: dict[ModelRole, Path], job: JobShape, *, device: str, out_dir: Path,
-                        jobs: int) -> dict[str, Any]:
+                        jobs: int, on_job: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     import torch
 
     from i2v_worker.config import Settings
@@ -389,6 +389,8 @@ async def run_diffusers(shape: str, paths: dict[ModelRole, Path], job: JobShape,
                 "video": {"bytes": size, "frames": video.frames, "width": video.width, "height": video.height},
             })
             print(f"  [{label}] done in {e2e:.2f} s", file=sys.stderr, flush=True)
+            if on_job is not None:
+                on_job(result)
     finally:
         await engine.close()
     return result
@@ -450,7 +452,8 @@ class _FolderPaths:
 
 async def run_comfyui(shape: str, paths: dict[ModelRole, Path], job: JobShape, *, device: str, out_dir: Path,
                       jobs: int, comfyui_path: Path | None = None, comfyui_args: str | None = None,
-                      env: dict[str, str] | None = None, test_nodes: bool = False) -> dict[str, Any]:
+                      env: dict[str, str] | None = None, test_nodes: bool = False,
+                      on_job: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Jobs through ComfyUIEngine (a supervised ComfyUI: COMFYUI_PATH, COMFYUI_ARGS, default
     /opt/ComfyUI and --highvram). `test_nodes` is for this script's own test: it runs a ComfyUI
     whose custom_nodes hold the test-only nodes, and the report says that it is not representative."""
@@ -496,6 +499,8 @@ async def run_comfyui(shape: str, paths: dict[ModelRole, Path], job: JobShape, *
                                    "memory": {"nvidia_smi_peak_used_mib": smi.peak_mib},
                                    "video": {"bytes": video.path.stat().st_size if video.path.is_file() else None}})
             video.path.unlink(missing_ok=True)
+            if on_job is not None:
+                on_job(result)
     finally:
         await engine.close()
         shutil.rmtree(work, ignore_errors=True)
@@ -519,9 +524,7 @@ def table(report: dict[str, Any]) -> str:
     cols: list[str] = []
     per_col: list[dict[str, Any]] = []
     for engine, res in report["engines"].items():
-        if res.get("status") != "ok":
-            continue
-        for j in res["jobs"]:
+        for j in res.get("jobs", []):  # a failed engine still shows the jobs it finished
             cols.append(f"{engine} {j['label']}")
             per_col.append(j)
 
@@ -636,12 +639,16 @@ def main(argv: list[str] | None = None) -> int:
         device = "cuda" if (args.device == "auto" and host.get("cuda_available")) else args.device
         for name in engines:
             print(f"{name}: running {args.jobs} job(s)", file=sys.stderr, flush=True)
+            def on_job(partial: dict[str, Any], name: str = name) -> None:
+                report["engines"][name] = {**partial, "status": "partial"}
+                save()
+
             try:
                 report["engines"][name] = asyncio.run(runners[name](shape, paths, job, device=device, out_dir=out_dir,
-                                                                    jobs=args.jobs))
-            except Exception as exc:  # noqa: BLE001 - the report says which engine failed and why
+                                                                    jobs=args.jobs, on_job=on_job))
+            except Exception as exc:  # noqa: BLE001 - the report says which engine failed and why (jobs done kept)
                 msg = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
-                report["engines"][name] = {"status": "failed", "error": msg}
+                report["engines"][name] = {**report["engines"].get(name, {}), "status": "failed", "error": msg}
                 print(f"{name}: FAILED: {msg}", file=sys.stderr, flush=True)
             save()
         report["ok"] = not any(r.get("status") == "failed" for r in report["engines"].values())
