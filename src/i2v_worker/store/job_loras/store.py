@@ -335,6 +335,8 @@ class JobLoraStore:
         with httpx.Client(timeout=httpx.Timeout(self.fetch_timeout_s)) as client:
             resolver = SourceResolver(self.hub, client=client)
             resolved = resolver.resolve(canon, model=req.field)
+            if req.sha256 and resolved.sha256 and req.sha256 != resolved.sha256:  # no need to read further
+                self._check_probe(req, _Probe(canon, resolved.size or 0, resolved.sha256, ()))
             if resolved.size is None:
                 raise JobLoraError(f"{req.field}: the hub did not announce the size of {canon}",
                                    field=f"{req.field}.source", rule="no_size", code="model_download_failed")
