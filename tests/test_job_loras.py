@@ -263,3 +263,30 @@ def test_gc_trims_to_the_budget_least_recently_used_first_but_not_in_use(tmp_pat
     assert {p.name for p in removed} == {f"{sha(loras['b'])}.safetensors", f"{sha(loras['c'])}.safetensors"}
     assert {p.name for p in published(js)} == {f"{sha(loras['a'])}.safetensors"}
     held.release()
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def test_models_status_lists_job_loras_and_gc_respects_the_budget(tmp_path, file_server, loras):
+    import json
+
+    from tests.support.store_helpers import cli_env, run_cli
+
+    js = job_store(tmp_path)
+    for k in "ab":
+        prepare(js, LoraRequest(0, file_server.add(f"{k}.safetensors", loras[k]))).release()
+        time.sleep(0.01)
+    env = cli_env(js.models_root, I2V_PRESET="tiny", I2V_TINY_DIR=str(tmp_path / "no-tiny"))
+    proc = run_cli("models", "status", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    listed = {m["sha256"]: m for m in json.loads(proc.stdout) if m.get("kind") == "job_lora"}
+    assert set(listed) == {sha(loras["a"]), sha(loras["b"])}
+    assert listed[sha(loras["a"])]["sources"] == [f"{file_server.url}/a.safetensors"] and listed[sha(loras["a"])]["last_used"] > 0
+    proc = run_cli("models", "status", env=env)
+    assert "job LoRAs" in proc.stdout and "last used" in proc.stdout and sha(loras["b"])[:16] in proc.stdout
+    budget_gb = (max(loras[k].stat().st_size for k in "ab") + 10) / 1e9
+    proc = run_cli("models", "gc", env={**env, "I2V_LORA_BUDGET_GB": f"{budget_gb:.9f}"})
+    assert proc.returncode == 0, proc.stderr
+    assert f"{sha(loras['a'])}.safetensors" in proc.stdout  # the least recently used one
+    assert {p.name for p in published(js)} == {f"{sha(loras['b'])}.safetensors"}

@@ -331,10 +331,7 @@ class Worker:
         if getattr(self, "_job_loras", None) is None:
             from i2v_worker.store.job_loras import JobLoraStore
 
-            self._job_loras = JobLoraStore(
-                self.store, budget_bytes=int(self.settings.lora_budget_gb * 1e9), max_bytes=self.settings.lora_max_bytes,
-                allowlist=self.settings.lora_host_allowlist, allow_loopback=self.settings.allow_loopback_images,
-                fetch_timeout_s=self.settings.image_fetch_timeout_s, resolver=self._resolver)
+            self._job_loras = JobLoraStore.from_settings(self.settings, self.store, resolver=self._resolver)
         return self._job_loras
 
     async def _prepare_job_loras(self, inp: JobInput, progress: Callable[[ProgressEvent], None], job_id: str):

@@ -181,6 +181,14 @@ class JobLoraStore:
         self.files = ModelStore(self.root, self._manifest(), hub=store.hub, transfer=store.transfer,
                                 lease_wait_s=store.lease_wait_s)
 
+    @classmethod
+    def from_settings(cls, settings: Any, store: Any, **kw: Any) -> "JobLoraStore":
+        """I2V_LORA_BUDGET_GB, I2V_LORA_MAX_BYTES, I2V_LORA_HOSTS; loopback only with the test
+        setting I2V_ALLOW_LOOPBACK_IMAGES (the image rules)."""
+        return cls(store, budget_bytes=int(settings.lora_budget_gb * 1e9), max_bytes=settings.lora_max_bytes,
+                   allowlist=settings.lora_host_allowlist, allow_loopback=settings.allow_loopback_images,
+                   fetch_timeout_s=settings.image_fetch_timeout_s, **kw)
+
     # -- entries -------------------------------------------------------------------------------------
     def _manifest(self) -> Manifest:
         return Manifest(file="<job loras>", entries=tuple(self._entries.values()), presets={})
