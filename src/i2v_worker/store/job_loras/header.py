@@ -85,12 +85,12 @@ def header_length(first8: bytes) -> int:
     """The JSON header's length from the file's first 8 bytes; HeaderError when it cannot be one."""
     if len(first8) < 8:
         raise HeaderError(f"the file is only {len(first8)} bytes long")
+    if first8.startswith(b"PK\x03\x04"):
+        raise HeaderError("it is a zip archive (e.g. a PyTorch .pt/.ckpt), not safetensors: convert it to safetensors")
     (n,) = struct.unpack("<Q", first8[:8])
     if n < 2 or n > MAX_HEADER_BYTES:
         what = first8[:8]
         hint = " (it looks like HTML: a web page, not the file?)" if what.lstrip()[:1] == b"<" else ""
-        if what.startswith(b"PK"):
-            hint = " (it is a zip archive, e.g. a PyTorch .pt/.ckpt: convert it to safetensors)"
         raise HeaderError(f"its first 8 bytes {what!r} are not a safetensors header length{hint}")
     return n
 
