@@ -116,7 +116,7 @@ def test_the_same_file_by_two_urls_is_stored_once(tmp_path, hf_server, file_serv
     two = prepare(js, LoraRequest(0, url))
     assert one.loras[0].path == two.loras[0].path == js.root / f"{digest}.safetensors"
     assert published(js) == [js.root / f"{digest}.safetensors"]
-    assert not list((js.root / ".staging").glob("*.lora"))
+    assert not list((js.root / ".staging").glob("*.lora"))  # the second copy was dropped
     [st] = js.status()
     assert set(st.sources) == {f"hf://{REPO}@{REV}/a.safetensors", url} and st.size == loras["a"].stat().st_size
 
@@ -207,6 +207,22 @@ def test_offline_uses_present_loras_and_names_the_missing_one(tmp_path, file_ser
     assert len(prepare(off, LoraRequest(0, url)).loras) == 1
     with pytest.raises(OfflineError, match="loras\\[1\\]"):
         prepare(off, LoraRequest(0, url), LoraRequest(1, file_server.add("b.safetensors", loras["b"])))
+
+
+def test_two_workers_on_one_volume_download_a_lora_once(tmp_path, file_server, loras):
+    big = write_job_lora(tmp_path / "big.safetensors", seed=9, modules="all",
+                         spec=__import__("i2v_worker.tiny.generate", fromlist=["TinySpec"]).TinySpec(lora_rank=64))
+    url = file_server.add("big.safetensors", big)
+    w1, w2 = job_store(tmp_path), job_store(tmp_path)  # two processes' stores on the same root
+
+    async def both():
+        return await asyncio.gather(w1.prepare([LoraRequest(0, url)]), w2.prepare([LoraRequest(0, url)]))
+
+    r1, r2 = asyncio.run(both())
+    assert r1.loras[0].path == r2.loras[0].path and sha(r1.loras[0].path) == sha(big)
+    size = big.stat().st_size
+    assert file_server.bytes_sent < 1.5 * size, (file_server.bytes_sent, size)  # one download (+ header probes)
+    assert published(w1) == [r1.loras[0].path] and part_files(w1.root) == []
 
 
 # ------------------------------------------------------------------------------- budget, eviction

@@ -48,6 +48,7 @@ class Env:
         self.workers: dict[str, Any] = {}
         self.frames: dict[str, np.ndarray] = {}
         self.results: dict[str, dict] = {}
+        self.progress: list[dict] = []
 
     def settings(self, engine: str) -> Settings:
         return Settings(model_dir=self.store_root, preset="tiny", prefetch=False, engine=engine,
@@ -57,7 +58,8 @@ class Env:
 
     def worker(self, engine: str):
         if engine not in self.workers:
-            self.workers[engine] = build_worker(self.settings(engine))
+            self.workers[engine] = build_worker(self.settings(engine),
+                                                progress_sink=lambda job, p: self.progress.append({"job": job["id"], **p}))
         return self.workers[engine]
 
 
@@ -194,3 +196,35 @@ def test_both_engines_give_the_same_frames(env, key, monkeypatch):
     mean, mx = diff(frames["comfyui"], frames["diffusers"])
     print(f"\nparity {key}: mean {mean:.3f} levels, max {mx} levels")
     assert mean <= PARITY_MEAN_LEVELS and mx <= PARITY_MAX_LEVELS, (mean, mx)
+
+
+def test_lora_downloads_show_in_progress_and_present_loras_cost_no_download(env, monkeypatch):
+    env.progress.clear()
+    run(env, "comfyui", "progress", monkeypatch, seed=6, loras=[{"source": env.url_a, "strength_low": 0.0}])
+    lora_events = [p for p in env.progress if p.get("stage") == "models" and str(p.get("model", "")).startswith("lora ")]
+    if not env.results.get("comfyui-loras"):  # style_a was not fetched yet in this session: its download shows
+        assert lora_events
+    env.progress.clear()
+    env.files.reset_log()
+    env.hf.reset_log()
+    run(env, "diffusers", "present", monkeypatch, seed=6, loras=two_loras(env))
+    assert env.files.requests == [] and env.hf.requests == [], "present job LoRAs must not touch the network"
+    assert not [p for p in env.progress if str(p.get("model", "")).startswith("lora ")]
+
+
+def test_a_wrong_lora_is_an_invalid_input_naming_the_entry(env, tmp_path):
+    sd = write_job_lora(tmp_path / "sd15.safetensors", family="sd15")
+    url = env.files.add("sd15.safetensors", sd)
+    w = env.worker("diffusers")
+    inp = {"image_base64": base64.b64encode(png(W, H)).decode(), "prompt": "p", "width": W, "height": H,
+           "length": LENGTH, "steps": STEPS, "loras": [{"source": env.url_a}, {"source": url, "strength_high": 0.5}]}
+    out = env.loop.run_until_complete(w.handle({"id": "bad-lora", "input": inp}))
+    assert out["error_code"] == "invalid_input", out
+    assert out["details"][0]["field"] == "loras[1].source" and "SD1.5/SDXL" in out["error"]
+    assert not (env.store_root / "loras" / "job" / f"{_sha(sd)}.safetensors").exists()
+
+
+def _sha(p: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(p.read_bytes()).hexdigest()

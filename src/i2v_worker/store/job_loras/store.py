@@ -7,7 +7,8 @@ Layout (a contract with the engines: ComfyUI lists these files as `job/<sha256>.
   `ModelStore` that delivers the files (the same engine and guarantees as the manifest's models:
   parallel ranged download, sha256 verified while downloading, atomic publish, resume, lease);
 - `R/loras/job/.staging/src-<key>.lora`: a download whose sha256 was not known beforehand (an
-  https URL without one); once verified and hashed it is copied to its content name and removed;
+  https URL without one); once verified and hashed it is hard-linked to its content name (same
+  bytes, no extra disk) and stays a link until that LoRA is evicted;
 - `R/loras/job/.i2v/job-loras/`: sources index, last use and in-use markers (see meta.py).
 
 Before any byte is downloaded, each remote LoRA's size and safetensors header are read with two
@@ -440,16 +441,38 @@ class JobLoraStore:
                 sha = status.sha256
                 assert sha is not None
                 out._markers.append(self.meta.mark_in_use(sha, writer))
-                if not self._present(sha, status.size or p.size):
-                    copy = self._content_entry(sha, status.size or p.size, f"file://{paths[e.name]}")
-                    await self.files.aensure([copy.name], progress=sink)
-                disk.remove_quietly(paths[e.name])
+                self.meta.remember(canon, sha, status.size or p.size)
+                await self._publish_content(Path(paths[e.name]), sha, status.size or p.size, sink)
                 result.append((sha, status.size or p.size))
                 log(logger, logging.INFO, "job LoRA stored", source=_short(canon), sha256=sha, bytes=p.size)
             return result
         finally:
             for k in keys:
                 self._reserved.pop(k, None)
+
+    async def _publish_content(self, staging: Path, sha: str, size: int, sink) -> None:
+        """A verified staging download -> its content name. A hard link (no copy, no extra disk)
+        that the ModelStore then verifies and records (`verify(full=True)`); the staging name stays
+        a link to the same bytes, so another worker waiting on the same source finds it present
+        (it goes when the content is evicted). Without hard links (some network filesystems) the
+        ModelStore copies it (file:// source) and the staging file is removed."""
+        if self._present(sha, size):  # the same bytes came earlier by another source: one copy
+            if not _same_file(staging, self.content_path(sha)):
+                disk.remove_quietly(staging)
+            return
+        entry = self._content_entry(sha, size, f"file://{staging}")
+        try:
+            os.link(staging, self.content_path(sha))
+        except FileExistsError:
+            pass
+        except OSError:
+            await self.files.aensure([entry.name], progress=sink)
+            disk.remove_quietly(staging)
+            return
+        [st] = await asyncio.to_thread(self.files.verify, full=True, names=[entry.name])
+        if st.state != ModelState.PRESENT:  # a foreign file was at the content name: replace it by a copy
+            disk.remove_quietly(self.content_path(sha))
+            await self.files.aensure([entry.name], progress=sink)
 
     @staticmethod
     def _download_error(exc: DownloadError, items, entries: list[ModelEntry]) -> JobLoraError:
@@ -511,6 +534,9 @@ class JobLoraStore:
         return evicted
 
     def _evict(self, sha: str) -> None:
+        info = self.meta.content(sha)
+        for src in (info.sources if info else []):  # staging links to the same bytes
+            disk.remove_quietly(self.root / STAGING / f"src-{source_key(src)}.lora")
         disk.remove_quietly(self.content_path(sha))
         self.meta.forget_content(sha)
         log(logger, logging.INFO, "job LoRA evicted (least recently used)", sha256=sha)
@@ -543,7 +569,8 @@ class JobLoraStore:
         staging = self.root / STAGING
         try:
             for it in os.scandir(staging):
-                if it.is_file() and not it.name.startswith(".") and it.name.endswith(".lora"):
+                # a staging file that is not (or no longer) a link to a stored LoRA
+                if it.is_file() and not it.name.startswith(".") and it.name.endswith(".lora") and it.stat().st_nlink < 2:
                     removed.append(Path(it.path))
                     if not dry_run:
                         disk.remove_quietly(Path(it.path))
@@ -574,3 +601,10 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(8 * 2**20):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
