@@ -199,11 +199,13 @@ def test_both_engines_give_the_same_frames(env, key, monkeypatch):
 
 
 def test_lora_downloads_show_in_progress_and_present_loras_cost_no_download(env, monkeypatch):
+    fresh = env.files.add("style_c.safetensors", write_job_lora(env.tmp / "made" / "style_c.safetensors", seed=13))
     env.progress.clear()
-    run(env, "comfyui", "progress", monkeypatch, seed=6, loras=[{"source": env.url_a, "strength_low": 0.0}])
-    lora_events = [p for p in env.progress if p.get("stage") == "models" and str(p.get("model", "")).startswith("lora ")]
-    if not env.results.get("comfyui-loras"):  # style_a was not fetched yet in this session: its download shows
-        assert lora_events
+    run(env, "comfyui", "progress", monkeypatch, seed=6, loras=[{"source": fresh, "strength_low": 0.0}])
+    lora_events = [p for p in env.progress if p.get("stage") == "models" and p.get("model") == "lora loras[0]"]
+    assert any(p["phase"] == "published" for p in lora_events), env.progress
+    if "comfyui-loras" not in env.results and "diffusers-loras" not in env.results:
+        run(env, "diffusers", "present-first", monkeypatch, seed=6, loras=two_loras(env))  # run alone: fetch first
     env.progress.clear()
     env.files.reset_log()
     env.hf.reset_log()
