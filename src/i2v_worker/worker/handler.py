@@ -174,6 +174,10 @@ class Worker:
                          extra={"fields": {"job": job_id, "stage": stage["name"], "error": f"{type(exc).__name__}: {exc}"}})
             return error_output("internal_error", f"internal error during {stage['name']}: {type(exc).__name__}: {exc}",
                                 {"stage": stage["name"]})
+        finally:
+            release = stage.pop("release", None)  # the job's LoRAs may be evicted again
+            if release is not None:
+                release()
 
     async def _run(self, job: dict, job_id: str, inp: JobInput, warnings: list[str], t0: float,
                    stage: dict) -> dict[str, Any]:
@@ -192,35 +196,11 @@ class Worker:
         stage["name"] = "models"
         t = self._clock()
         sink = self._progress_sink
-        on_models = self._throttled(lambda p: sink(job, p), job_id)
-        if inp.loras:  # the preset's models and the job's LoRAs at the same time
-            model_task = asyncio.ensure_future(self._ensure_models(inp, on_models))
-            try:
-                job_loras = await self._prepare_job_loras(inp, on_models, job_id)
-            except BaseException:
-                model_task.cancel()
-                await asyncio.gather(model_task, return_exceptions=True)
-                raise
-            try:
-                models = await model_task
-            except BaseException:
-                job_loras.release()
-                raise
-        else:
-            job_loras = None
-            models = await self._ensure_models(inp, on_models)
+        models, job_loras = await self._ensure_models_and_loras(inp, self._throttled(lambda p: sink(job, p), job_id),
+                                                                job_id)
         timings["models"] = round(self._clock() - t, 4)
-        try:
-            return await self._generate_and_deliver(job, job_id, inp, warnings, t0, stage, timings, image, end_image,
-                                                    width, height, seed, models, job_loras, engine_start)
-        finally:
-            if job_loras is not None:
-                job_loras.release()
-
-    async def _generate_and_deliver(self, job, job_id, inp, warnings, t0, stage, timings, image, end_image, width,
-                                    height, seed, models, job_loras, engine_start) -> dict[str, Any]:
-        sink = self._progress_sink
-        if job_loras is not None and job_loras.warnings:
+        if job_loras is not None:
+            stage["release"] = job_loras.release  # handle() releases them when the job ends, however it ends
             warnings = [*warnings, *job_loras.warnings]
 
         stage["name"] = "engine start"
@@ -305,6 +285,24 @@ class Worker:
             return await asyncio.to_thread(decode_image, data, field, MAX_PIXELS, lambda w, h: resolve_size(inp, w, h))
         except ImageInputError as exc:
             raise InvalidInput([_detail(exc.field, exc.rule, exc.message)]) from None
+
+    async def _ensure_models_and_loras(self, inp: JobInput, progress: Callable[[ProgressEvent], None], job_id: str):
+        """The preset's models and the job's LoRAs, fetched at the same time -> (models, PreparedLoras
+        or None). On failure nothing stays marked in use."""
+        if not inp.loras:
+            return await self._ensure_models(inp, progress), None
+        model_task = asyncio.ensure_future(self._ensure_models(inp, progress))
+        try:
+            job_loras = await self._prepare_job_loras(inp, progress, job_id)
+        except BaseException:
+            model_task.cancel()
+            await asyncio.gather(model_task, return_exceptions=True)
+            raise
+        try:
+            return await model_task, job_loras
+        except BaseException:
+            job_loras.release()
+            raise
 
     async def _load_end_image(self, inp: JobInput, width: int, height: int) -> PreparedImage | None:
         """The last frame of a first-last-frame job (same rules as the start image), decoded for
