@@ -24,7 +24,6 @@ LoRA that no running job uses (in-use markers, across processes). `gc()` trims t
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import re
@@ -593,14 +592,6 @@ def _relabel(progress: ProgressCallback | None, labels: dict[str, str]) -> Progr
         progress(replace(ev, model=labels.get(ev.model, ev.model) if ev.model else None))
 
     return on
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 * 2**20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _same_file(a: Path, b: Path) -> bool:
