@@ -56,6 +56,9 @@ class Settings(BaseModel):
     image_fetch_timeout_s: float = Field(30.0, description="I2V_IMAGE_FETCH_TIMEOUT_S: time cap for fetching image_url")
     image_host_allowlist: tuple[str, ...] = Field((), description="I2V_IMAGE_HOSTS: comma-separated hosts image_url may name (default: any public host)")
     allow_loopback_images: bool = Field(False, description="I2V_ALLOW_LOOPBACK_IMAGES: TEST ONLY, lets image_url reach 127.0.0.1")
+    lora_budget_gb: float = Field(20.0, gt=0, description="I2V_LORA_BUDGET_GB: disk budget for job LoRAs (loras/job/ in the store); least recently used ones not in use are evicted to make room")
+    lora_max_bytes: int = Field(1536 * 2**20, gt=0, description="I2V_LORA_MAX_BYTES: largest job LoRA file accepted (default 1.5 GiB, room for the largest common Wan LoRAs)")
+    lora_host_allowlist: tuple[str, ...] = Field((), description="I2V_LORA_HOSTS: comma-separated hosts an http(s) LoRA source may name (default: any public host; hf:// sources use HF_ENDPOINT)")
     max_base64_result_bytes: int = Field(15 * 2**20, description="I2V_MAX_BASE64_BYTES: largest base64 video returned inline (RunPod's result limit is about 20 MB)")
     output_dir: Path = Field(Path("out"), description="I2V_OUTPUT_DIR: where `run` writes the MP4 of a local job")
     bucket_endpoint_url: str | None = Field(None, description="BUCKET_ENDPOINT_URL: S3-compatible endpoint for video delivery")
@@ -85,6 +88,7 @@ class Settings(BaseModel):
             "BUCKET_SECRET_ACCESS_KEY": "bucket_secret_access_key", "BUCKET_NAME": "bucket_name",
             "BUCKET_REGION": "bucket_region", "I2V_URL_EXPIRY_S": "url_expiry_s",
             "RUNPOD_API_KEY": "runpod_api_key",
+            "I2V_LORA_BUDGET_GB": "lora_budget_gb", "I2V_LORA_MAX_BYTES": "lora_max_bytes",
         }
         for var, field in simple.items():
             if env.get(var):
@@ -95,6 +99,8 @@ class Settings(BaseModel):
                 values[field] = truthy(env[var])
         if env.get("I2V_IMAGE_HOSTS"):
             values["image_host_allowlist"] = tuple(h.strip().lower() for h in env["I2V_IMAGE_HOSTS"].split(",") if h.strip())
+        if env.get("I2V_LORA_HOSTS"):
+            values["lora_host_allowlist"] = tuple(h.strip().lower() for h in env["I2V_LORA_HOSTS"].split(",") if h.strip())
         values["hf_token"] = env.get("HF_TOKEN") or _token_file(env)
         values["manifest_vars"] = {k: v for k, v in env.items() if k.startswith("I2V_")}
         values.update(overrides)

@@ -25,6 +25,17 @@ class ModelRole(str, enum.Enum):
 
 
 @dataclass(frozen=True)
+class JobLora:
+    """A LoRA the job brings (besides the preset's lightx2v), already in the store and checked."""
+
+    name: str  # the file's name in the store's loras folder, as ComfyUI lists it (e.g. job/<sha256>.safetensors)
+    path: Path
+    strength_high: float  # 0: not applied on the high-noise expert
+    strength_low: float  # 0: not applied on the low-noise expert
+    label: str = ""  # the job's entry, e.g. "loras[0]" (for error messages)
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     job_id: str
     image_png: bytes  # the input image, already decoded, EXIF-rotated and re-encoded as PNG
@@ -44,6 +55,10 @@ class GenerationRequest:
     # role -> (model entry name, published path); LORA absent when both strengths are 0
     models: dict[ModelRole, tuple[str, Path]] = field(default_factory=dict)
     output_dir: Path = Path("out")
+    # first-last-frame: the last frame, decoded and re-encoded as PNG like image_png (None: image-to-video)
+    end_image_png: bytes | None = None
+    # job LoRAs, applied after the lightx2v LoRA, in this order
+    loras: tuple[JobLora, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_run(_verify))
 
-    p = sub.add_parser("gc", parents=[common], help="remove stale temp files and files no manifest entry references")
+    p = sub.add_parser("gc", parents=[common], help="remove stale temp files and files no manifest entry references; "
+                       "trim job LoRAs to I2V_LORA_BUDGET_GB (least recently used first, never one in use)")
     p.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
     p.set_defaults(func=_run(_gc))
 
@@ -169,11 +170,43 @@ def _status(args: argparse.Namespace) -> int:
     settings, store = _store(args)
     names = _selected(args, store, settings, default_all=True)
     statuses = store.status(names)
+    loras = [] if getattr(args, "names", None) or getattr(args, "preset", None) else _job_loras(settings, store).status()
     if args.json:
-        print(json.dumps([_status_dict(s) for s in statuses], indent=1))
+        print(json.dumps([_status_dict(s) for s in statuses] + [_job_lora_dict(s) for s in loras], indent=1))
     else:
         _print_table(statuses, title=f"model store {store.root}")
+        if loras:
+            _print_job_loras(loras, settings)
     return 0
+
+
+def _job_loras(settings, store):
+    from i2v_worker.store.job_loras import JobLoraStore
+
+    return JobLoraStore.from_settings(settings, store)
+
+
+def _job_lora_dict(s) -> dict[str, Any]:
+    return {"name": f"job/{s.sha256}.safetensors", "folder": "loras", "kind": "job_lora", "size": s.size,
+            "state": "present", "sha256": s.sha256, "sources": list(s.sources), "last_used": s.last_used,
+            "in_use": s.in_use, "path": str(s.path)}
+
+
+def _print_job_loras(loras, settings) -> None:
+    import datetime
+
+    from rich.console import Console
+    from rich.table import Table
+
+    total = sum(s.size for s in loras)
+    table = Table(title=f"job LoRAs: {_human(total)} of the {settings.lora_budget_gb:g} GB budget (I2V_LORA_BUDGET_GB)",
+                  title_justify="left")
+    for col in ("sha256", "size", "last used", "in use", "sources"):
+        table.add_column(col, overflow="fold")
+    for s in loras:
+        used = datetime.datetime.fromtimestamp(s.last_used, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if s.last_used else "?"
+        table.add_row(s.sha256[:16], _human(s.size), used, "yes" if s.in_use else "no", "\n".join(s.sources))
+    Console(width=200 if not sys.stdout.isatty() else None).print(table)
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -196,8 +229,9 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    _, store = _store(args)
+    settings, store = _store(args)
     removed = store.gc(dry_run=args.dry_run)
+    removed += _job_loras(settings, store).gc(dry_run=args.dry_run)  # job LoRAs: trimmed to the budget, LRU first
     verb = "would remove" if args.dry_run else "removed"
     for p in removed:
         print(f"{verb} {p}")

@@ -716,3 +716,60 @@ def estimate_bytes(spec: TinySpec) -> dict[ModelRole, int]:
         ModelRole.TEXT_ENCODER: umt5,
         ModelRole.LORA: sum(int(np.prod(p.shape)) * 2 for p in lora_plan(spec)),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Job LoRAs (what users bring): the Wan key layout, or another family's for the negative tests
+
+
+def job_lora_tensors(spec: TinySpec, rng: np.random.Generator, *, modules: str = "attn",
+                     extra_unmatched: int = 0) -> dict[str, np.ndarray]:
+    """A user LoRA for the tiny experts in Kijai's Wan layout (`diffusion_model.blocks.N...`,
+    lora_down/lora_up/alpha). `modules`: "attn" (self/cross attention q,k,v,o) or "all" (also
+    the ffn). `extra_unmatched` adds that many modules the Wan2.2 model lacks (Wan2.1 I2V's
+    cross_attn.k_img/v_img, block by block): a partial match."""
+    d, f, r = spec.dit_dim, spec.dit_ffn_dim, spec.lora_rank
+    t: dict[str, np.ndarray] = {}
+
+    def lora(module: str, n_in: int, n_out: int) -> None:
+        k = f"diffusion_model.{module}"
+        t[f"{k}.lora_down.weight"] = _normal(rng, (r, n_in), 1.0 / np.sqrt(n_in))
+        t[f"{k}.lora_up.weight"] = _normal(rng, (n_out, r), 0.2)
+        t[f"{k}.alpha"] = np.array(float(r), np.float32)
+
+    for i in range(spec.dit_layers):
+        for a in ("self_attn", "cross_attn"):
+            for p in ("q", "k", "v", "o"):
+                lora(f"blocks.{i}.{a}.{p}", d, d)
+        if modules == "all":
+            lora(f"blocks.{i}.ffn.0", d, f)
+            lora(f"blocks.{i}.ffn.2", f, d)
+    extra = [f"blocks.{i}.cross_attn.{p}" for i in range(spec.dit_layers) for p in ("k_img", "v_img")]
+    for m in extra[:extra_unmatched]:
+        lora(m, d, d)
+    return t
+
+
+def sd15_lora_tensors(rng: np.random.Generator, rank: int = 4) -> dict[str, np.ndarray]:
+    """A small LoRA in the kohya SD1.5 layout (what a user may send by mistake)."""
+    t: dict[str, np.ndarray] = {}
+    for blk in ("down_blocks_0_attentions_0", "up_blocks_1_attentions_0"):
+        for p in ("to_q", "to_k", "to_v"):
+            k = f"lora_unet_{blk}_transformer_blocks_0_attn1_{p}"
+            t[f"{k}.lora_down.weight"] = _normal(rng, (rank, 32), 0.1)
+            t[f"{k}.lora_up.weight"] = _normal(rng, (32, rank), 0.1)
+            t[f"{k}.alpha"] = np.array(float(rank), np.float32)
+    t["lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight"] = _normal(rng, (rank, 32), 0.1)
+    return t
+
+
+def write_job_lora(path: Path, *, seed: int = 0, spec: TinySpec = TinySpec(), family: str = "wan", **kw) -> Path:
+    """Write a tiny job LoRA (family "wan": job_lora_tensors(**kw); "sd15": sd15_lora_tensors)."""
+    import torch
+
+    rng = np.random.default_rng([seed, 101])
+    tensors = job_lora_tensors(spec, rng, **kw) if family == "wan" else sd15_lora_tensors(rng)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, lambda tmp: _save_safetensors(tmp, {k: torch.from_numpy(v).to(torch.bfloat16) for k, v in tensors.items()}))
+    return path

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from i2v_worker import __version__
 from i2v_worker.config import Settings
-from i2v_worker.engines.base import Engine, EngineError, EngineProgress, GenerationRequest, ModelRole
+from i2v_worker.engines.base import Engine, EngineError, EngineProgress, GenerationRequest, JobLora, ModelRole
 from i2v_worker.logs import Throttle, log
 from i2v_worker.store.errors import (DiskFullError, DownloadError, LeaseTimeout, ManifestError, OfflineError,
                                      StoreError)
@@ -174,6 +174,10 @@ class Worker:
                          extra={"fields": {"job": job_id, "stage": stage["name"], "error": f"{type(exc).__name__}: {exc}"}})
             return error_output("internal_error", f"internal error during {stage['name']}: {type(exc).__name__}: {exc}",
                                 {"stage": stage["name"]})
+        finally:
+            release = stage.pop("release", None)  # the job's LoRAs may be evicted again
+            if release is not None:
+                release()
 
     async def _run(self, job: dict, job_id: str, inp: JobInput, warnings: list[str], t0: float,
                    stage: dict) -> dict[str, Any]:
@@ -185,13 +189,19 @@ class Worker:
         image = await self._load_image(inp)
         timings["image"] = round(self._clock() - t, 4)
         width, height = resolve_size(inp, image.width, image.height)
+        end_image = await self._load_end_image(inp, width, height)
+        timings["image"] = round(self._clock() - t, 4)
         seed = inp.seed if inp.seed is not None else secrets.randbelow(RANDOM_SEED_MAX + 1)
 
         stage["name"] = "models"
         t = self._clock()
         sink = self._progress_sink
-        models = await self._ensure_models(inp, self._throttled(lambda p: sink(job, p), job_id))
+        models, job_loras = await self._ensure_models_and_loras(inp, self._throttled(lambda p: sink(job, p), job_id),
+                                                                job_id)
         timings["models"] = round(self._clock() - t, 4)
+        if job_loras is not None:
+            stage["release"] = job_loras.release  # handle() releases them when the job ends, however it ends
+            warnings = [*warnings, *job_loras.warnings]
 
         stage["name"] = "engine start"
         t = self._clock()
@@ -211,6 +221,9 @@ class Worker:
             high_noise_steps=inp.effective_high_noise_steps(), cfg=inp.cfg, shift=inp.shift, seed=seed,
             lora_strength_high=inp.lora_strength_high, lora_strength_low=inp.lora_strength_low,
             models=models, output_dir=Path(self.settings.output_dir),
+            end_image_png=end_image.png if end_image is not None else None,
+            loras=tuple(JobLora(name=lo.name, path=lo.path, strength_high=lo.strength_high, strength_low=lo.strength_low,
+                                label=f"loras[{lo.index}]") for lo in (job_loras.loras if job_loras else [])),
         )
         step_throttle = Throttle(PROGRESS_INTERVAL_S, self._clock)
 
@@ -272,6 +285,71 @@ class Worker:
             return await asyncio.to_thread(decode_image, data, field, MAX_PIXELS, lambda w, h: resolve_size(inp, w, h))
         except ImageInputError as exc:
             raise InvalidInput([_detail(exc.field, exc.rule, exc.message)]) from None
+
+    async def _ensure_models_and_loras(self, inp: JobInput, progress: Callable[[ProgressEvent], None], job_id: str):
+        """The preset's models and the job's LoRAs, fetched at the same time -> (models, PreparedLoras
+        or None). On failure nothing stays marked in use."""
+        if not inp.loras:
+            return await self._ensure_models(inp, progress), None
+        model_task = asyncio.ensure_future(self._ensure_models(inp, progress))
+        try:
+            job_loras = await self._prepare_job_loras(inp, progress, job_id)
+        except BaseException:
+            model_task.cancel()
+            await asyncio.gather(model_task, return_exceptions=True)
+            raise
+        try:
+            return await model_task, job_loras
+        except BaseException:
+            job_loras.release()
+            raise
+
+    async def _load_end_image(self, inp: JobInput, width: int, height: int) -> PreparedImage | None:
+        """The last frame of a first-last-frame job (same rules as the start image), decoded for
+        the video size the start image set."""
+        if inp.end_image_url is None and inp.end_image_base64 is None:
+            return None
+        try:
+            if inp.end_image_url is not None:
+                field = "end_image_url"
+                data = await fetch_image(
+                    inp.end_image_url, max_bytes=self.settings.image_max_bytes,
+                    timeout_s=self.settings.image_fetch_timeout_s, allowlist=self.settings.image_host_allowlist,
+                    allow_loopback=self.settings.allow_loopback_images, resolver=self._resolver, field=field)
+            else:
+                field = "end_image_base64"
+                assert inp.end_image_base64 is not None
+                data = decode_base64(inp.end_image_base64, field, self.settings.image_max_bytes)
+            return await asyncio.to_thread(decode_image, data, field, MAX_PIXELS, lambda w, h: (width, height))
+        except ImageInputError as exc:
+            raise InvalidInput([_detail(exc.field, exc.rule, exc.message)]) from None
+
+    def job_lora_store(self):
+        """The store's job-LoRA area (built on the first job that names LoRAs)."""
+        if getattr(self, "_job_loras", None) is None:
+            from i2v_worker.store.job_loras import JobLoraStore
+
+            self._job_loras = JobLoraStore.from_settings(self.settings, self.store, resolver=self._resolver)
+        return self._job_loras
+
+    async def _prepare_job_loras(self, inp: JobInput, progress: Callable[[ProgressEvent], None], job_id: str):
+        from i2v_worker.store.job_loras import JobLoraError, LoraRequest
+
+        requests = [LoraRequest(i, lo.source, lo.sha256, lo.strength_high, lo.strength_low)
+                    for i, lo in enumerate(inp.loras or []) if lo.strength_high != 0 or lo.strength_low != 0]
+        t = self._clock()
+        try:
+            prepared = await self.job_lora_store().prepare(requests, progress=progress)
+        except JobLoraError as exc:
+            if exc.code == "invalid_input":
+                raise InvalidInput([_detail(exc.field, exc.rule, str(exc))]) from None
+            log(logger, logging.ERROR, "job LoRAs unavailable", job=job_id, code=exc.code, error=str(exc))
+            raise _JobFailed(error_output(exc.code, str(exc), {"field": exc.field, "rule": exc.rule})) from None
+        except StoreError as exc:
+            raise _JobFailed(store_error_output(exc, [r.source for r in requests])) from None
+        log(logger, logging.INFO, "job LoRAs ready", job=job_id, loras=len(prepared.loras),
+            downloaded=len(prepared.downloaded), seconds=round(self._clock() - t, 4))
+        return prepared
 
     async def _ensure_models(self, inp: JobInput, progress: Callable[[ProgressEvent], None]
                              ) -> dict[ModelRole, tuple[str, Path]]:

@@ -298,3 +298,88 @@ def _pinned_request(url: httpx.URL, addr: str) -> dict:
                "Accept": "image/*", "Accept-Encoding": "identity"}
     extensions = {"sni_hostname": url.raw_host.decode("ascii")} if url.scheme == "https" else {}  # IDNA A-label
     return {"url": url.copy_with(host=addr), "headers": headers, "extensions": extensions}
+
+
+# ------------------------------------------------------------------------- ranged probe (LoRAs)
+
+
+@dataclass(frozen=True)
+class ProbedRange:
+    """The answer to one SSRF-checked ranged GET: where it ended after redirects, and the bytes."""
+
+    final_url: str  # after every (checked) redirect
+    status: int  # 206, or 200 when the server ignored Range (then `body` is still capped)
+    total_size: int | None  # from Content-Range (206) or Content-Length (200)
+    headers: dict[str, str]  # of the final response, lower-case names
+    body: bytes
+
+
+async def fetch_range(
+    url: str,
+    start: int,
+    end: int,
+    *,
+    field: str,
+    timeout_s: float,
+    allowlist: tuple[str, ...] = (),
+    allow_loopback: bool = False,
+    resolver: Resolver | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> ProbedRange:
+    """GET bytes [start, end] of `url` with the image rules: every hop's host allow-listed and every
+    address it resolves to public (loopback only with the test setting), connecting to the checked
+    address. Used to read a LoRA's size and safetensors header before anything is downloaded."""
+    resolve = resolver or system_resolver
+    want = end - start + 1
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with httpx.AsyncClient(follow_redirects=False, transport=transport, trust_env=False,
+                                         timeout=httpx.Timeout(timeout_s)) as client:
+                current = httpx.URL(url)
+                for _hop in range(MAX_REDIRECTS + 1):
+                    if current.scheme not in ("http", "https"):
+                        raise ImageInputError(field, "scheme", f"only http and https URLs are fetched (got {current.scheme!r} in {current})")
+                    host = current.host
+                    if not host:
+                        raise ImageInputError(field, "scheme", f"URL has no host: {current}")
+                    if not host_allowed(host, allowlist):
+                        raise ImageInputError(field, "host_not_allowed",
+                                              f"host {host!r} is not in the allow-list ({','.join(allowlist)})")
+                    port = current.port or (443 if current.scheme == "https" else 80)
+                    addrs = await _resolve_checked(host, port, field, allow_loopback, resolve)
+                    req = _pinned_request(current, addrs[0])
+                    req["headers"].update({"Accept": "*/*", "Range": f"bytes={start}-{end}"})
+                    async with client.stream("GET", **req) as response:
+                        if response.status_code in REDIRECT_STATUSES:
+                            location = response.headers.get("location")
+                            if not location:
+                                raise ImageInputError(field, "fetch_failed", f"{current} redirected without a Location header")
+                            current = current.join(location)
+                            continue
+                        if response.status_code not in (200, 206):
+                            raise ImageInputError(field, "fetch_failed",
+                                                  f"GET {current} answered HTTP {response.status_code}")
+                        total = None
+                        if response.status_code == 206:
+                            cr = response.headers.get("content-range", "")
+                            tail = cr.rsplit("/", 1)[-1] if "/" in cr else ""
+                            total = int(tail) if tail.isdigit() else None
+                        else:
+                            declared = response.headers.get("content-length")
+                            total = int(declared) if declared and declared.isdigit() else None
+                        buf = bytearray()
+                        skip = start if response.status_code == 200 else 0  # Range ignored: cut ourselves
+                        async for chunk in response.aiter_raw():
+                            buf += chunk
+                            if len(buf) >= skip + want:
+                                break
+                        body = bytes(buf[skip:skip + want])
+                        return ProbedRange(str(current), response.status_code, total,
+                                           {k.lower(): v for k, v in response.headers.items()}, body)
+                raise ImageInputError(field, "too_many_redirects", f"more than {MAX_REDIRECTS} redirects fetching {url}")
+    except (TimeoutError, httpx.TimeoutException):
+        raise ImageInputError(field, "timeout", f"fetching {url} took longer than {timeout_s:g} s") from None
+    except httpx.InvalidURL as exc:
+        raise ImageInputError(field, "url", f"{url} is not a valid URL (or redirected to an invalid one): {exc}") from None
+    except httpx.HTTPError as exc:
+        raise ImageInputError(field, "fetch_failed", f"fetching {url} failed: {type(exc).__name__}: {exc}") from None

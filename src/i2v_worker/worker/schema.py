@@ -40,6 +40,55 @@ LORA_STRENGTH_LIMIT = 10.0
 
 DEPRECATED_ALIASES = {"image_path": "image_base64", "video_length": "length", "frame_rate": "fps"}
 IMAGE_FIELDS = ("image_url", "image_base64")
+END_IMAGE_FIELDS = ("end_image_url", "end_image_base64")
+LORAS_MAX = 8
+
+
+class LoraSpec(BaseModel):
+    """One job LoRA: where it comes from and how strongly it applies to each expert."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(description="hf://org/repo@revision/path.safetensors, an https:// URL (public hosts only), "
+                        "or the file name of a LoRA already in the store's loras folder")
+    sha256: str | None = Field(None, description="expected sha256 of the file (64 hex characters): verified, and "
+                               "lets a job find the stored file without asking the network")
+    strength_high: float = Field(1.0, ge=-LORA_STRENGTH_LIMIT, le=LORA_STRENGTH_LIMIT,
+                                 description="strength on the high-noise expert (0: not applied there)")
+    strength_low: float = Field(1.0, ge=-LORA_STRENGTH_LIMIT, le=LORA_STRENGTH_LIMIT,
+                                description="strength on the low-noise expert (0: not applied there)")
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        from i2v_worker.store.job_loras.store import parse_lora_source
+
+        try:
+            parse_lora_source(v)
+        except ValueError as exc:
+            raise PydanticCustomError("lora_source", "{reason}", {"reason": str(exc)}) from None
+        return v.strip()
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha256(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", v):
+            raise PydanticCustomError("sha256", "must be 64 hexadecimal characters")
+        return v
+
+
+class LoraPair(BaseModel):
+    """DEPRECATED shape of the most used Wan worker: one high-noise and one low-noise file by name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    high: str | None = Field(None, description="LoRA applied to the high-noise expert")
+    low: str | None = Field(None, description="LoRA applied to the low-noise expert")
+    high_weight: float = Field(1.0, ge=-LORA_STRENGTH_LIMIT, le=LORA_STRENGTH_LIMIT)
+    low_weight: float = Field(1.0, ge=-LORA_STRENGTH_LIMIT, le=LORA_STRENGTH_LIMIT)
 
 
 class OutputOptions(BaseModel):
@@ -93,6 +142,15 @@ class JobInput(BaseModel):
         description="lightx2v LoRA strength on the low-noise expert; when both strengths are 0 the LoRA "
         "file is neither needed nor downloaded")
     output: OutputOptions = Field(default_factory=OutputOptions, description="how the video is returned")
+    end_image_url: str | None = Field(
+        None, description="http(s) URL of the last frame (first-last-frame video; same rules as image_url). "
+        "At most one of end_image_url and end_image_base64")
+    end_image_base64: str | None = Field(
+        None, description="the last frame as base64 (plain or data URI); fitted to the video size like the start image")
+    loras: list[LoraSpec] | None = Field(
+        None, description=f"job LoRAs (at most {LORAS_MAX}), each {{source, sha256?, strength_high, strength_low}}; "
+        "downloaded once into the store, verified, reused by later jobs. A high/low pair of files is two entries "
+        "(strength_low 0 on one, strength_high 0 on the other)")
 
     # Deprecated names of the predecessor worker (mapped by parse_job_input; listed for the schema).
     image_path: str | None = Field(
@@ -100,6 +158,10 @@ class JobInput(BaseModel):
         description="DEPRECATED alias of image_base64 (base64 data only: a filesystem path is never read)")
     video_length: int | None = Field(None, json_schema_extra={"deprecated": True}, description="DEPRECATED alias of length")
     frame_rate: int | None = Field(None, json_schema_extra={"deprecated": True}, description="DEPRECATED alias of fps")
+    lora_pairs: list[LoraPair] | None = Field(
+        None, json_schema_extra={"deprecated": True},
+        description="DEPRECATED (the most used Wan worker's shape): [{high, low, high_weight, low_weight}] by file "
+        "name; translated to loras")
 
     @field_validator("prompt")
     @classmethod
@@ -148,7 +210,7 @@ class JobInput(BaseModel):
             raise PydanticCustomError("range", "must be between {lo} and {hi} (got {v})", {"lo": FPS_MIN, "hi": FPS_MAX, "v": v})
         return v
 
-    @field_validator("image_url")
+    @field_validator("image_url", "end_image_url")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
         if v is None:
@@ -160,7 +222,7 @@ class JobInput(BaseModel):
                 "scheme", "only http and https URLs are fetched (got scheme '{scheme}')", {"scheme": scheme or v[:20]})
         return v
 
-    @field_validator("image_base64")
+    @field_validator("image_base64", "end_image_base64")
     @classmethod
     def _b64(cls, v: str | None) -> str | None:
         if v is not None and not v.strip():
@@ -309,6 +371,7 @@ def parse_job_input(raw: Any) -> ParsedJob:
     if w is not None and h is not None and w * h > AREA_MAX:
         details.append(ErrorDetail(field="width", rule="area",
                                    message=f"width*height = {w}*{h} = {w * h} is over the limit of {AREA_MAX} (1280*720)"))
+    details.extend(_end_image_and_lora_rules(data, warnings))
     if details or job is None:
         raise InvalidInput(details)
     update: dict[str, Any] = {}
@@ -318,9 +381,56 @@ def parse_job_input(raw: Any) -> ParsedJob:
         update.update(length=job.video_length, video_length=None)
     if job.frame_rate is not None:
         update.update(fps=job.frame_rate, frame_rate=None)
+    if job.lora_pairs is not None:
+        update.update(loras=lora_pairs_to_loras(job.lora_pairs), lora_pairs=None)
     if update:
         job = job.model_copy(update=update)
     return ParsedJob(job, warnings)
+
+
+def lora_pairs_to_loras(pairs: list[LoraPair]) -> list[LoraSpec]:
+    """`lora_pairs` -> `loras`: the high file on the high-noise expert only, the low file on the
+    low-noise expert only (one entry with both strengths when both name the same file)."""
+    out: list[LoraSpec] = []
+    for p in pairs:
+        if p.high and p.high == p.low:
+            out.append(LoraSpec(source=p.high, strength_high=p.high_weight, strength_low=p.low_weight))
+            continue
+        if p.high:
+            out.append(LoraSpec(source=p.high, strength_high=p.high_weight, strength_low=0.0))
+        if p.low:
+            out.append(LoraSpec(source=p.low, strength_high=0.0, strength_low=p.low_weight))
+    return out
+
+
+def _end_image_and_lora_rules(data: dict, warnings: list[str]) -> list[ErrorDetail]:
+    details: list[ErrorDetail] = []
+    given_end = [f for f in END_IMAGE_FIELDS if data.get(f) is not None]
+    if len(given_end) > 1:
+        details.append(ErrorDetail(field=given_end[1], rule="one_image",
+                                   message="give at most one end image: end_image_url and end_image_base64 were both given"))
+    loras, pairs = data.get("loras"), data.get("lora_pairs")
+    if pairs is not None:
+        if loras is not None:
+            details.append(ErrorDetail(field="lora_pairs", rule="conflict",
+                                       message="give only one of loras and its deprecated alias lora_pairs"))
+        else:
+            warnings.append("'lora_pairs' is deprecated: use 'loras' ([{source, strength_high, strength_low}]; "
+                            "a pair is two entries)")
+        if isinstance(pairs, list):
+            for i, p in enumerate(pairs):
+                if isinstance(p, dict) and not p.get("high") and not p.get("low"):
+                    details.append(ErrorDetail(field=f"lora_pairs.{i}", rule="required",
+                                               message="a LoRA pair needs high, low or both"))
+            n = sum((1 if p.get("high") else 0) + (1 if p.get("low") and p.get("low") != p.get("high") else 0)
+                    for p in pairs if isinstance(p, dict))
+            if n > LORAS_MAX:
+                details.append(ErrorDetail(field="lora_pairs", rule="max_length",
+                                           message=f"names {n} LoRA files, more than the limit of {LORAS_MAX}"))
+    if isinstance(loras, list) and len(loras) > LORAS_MAX:
+        details.append(ErrorDetail(field="loras", rule="max_length",
+                                   message=f"has {len(loras)} entries, more than the limit of {LORAS_MAX}"))
+    return details
 
 
 def _int_or_none(v: Any) -> int | None:
@@ -408,10 +518,24 @@ def input_markdown_table() -> str:
         if name == "negative_prompt":
             shown = "Wan's standard negative prompt"
         desc = (field.description or "").replace("|", "/")
+        kind = _list_kind(kind)
         rows.append(f"| `{name}` | {kind} | {shown} | {desc} |")
+        if name == "loras":  # the fields of one entry
+            for sub, f in LoraSpec.model_fields.items():
+                sub_kind = (getattr(f.annotation, "__name__", None) or str(f.annotation)).replace(" | None", "")
+                sub_default = "required" if f.is_required() else ("" if f.default is None else f"`{json.dumps(f.default)}`")
+                rows.append(f"| `loras[].{sub}` | {sub_kind} | {sub_default} | {(f.description or '').replace('|', '/')} |")
     rows.append('| `action` | "health" | | instead of a job: `{"action": "health"}` returns the store\'s per-model '
                 "state, engine readiness and versions, device and worker version, without generating |")
     return "\n".join(rows)
+
+
+def _list_kind(kind: str) -> str:
+    """`list[i2v_worker.worker.schema.LoraSpec` (after the Optional strip) -> `list[LoraSpec]`."""
+    if kind.startswith("list["):
+        kind = kind.replace(__name__ + ".", "")
+        return kind if kind.endswith("]") else kind + "]"
+    return kind
 
 
 def output_json_schema() -> dict[str, Any]:

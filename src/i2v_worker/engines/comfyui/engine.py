@@ -396,13 +396,22 @@ class ComfyUIEngine:
             except (ComfyUIUnreachable, ComfyUIHTTPError) as exc:
                 raise await self._transport_failure(exc, proc)
             uploaded = f"{up['subfolder']}/{up['name']}" if up.get("subfolder") else up["name"]
+            end_uploaded = None
+            if request.end_image_png is not None:
+                try:
+                    up = await client.upload_image(f"{stem}_end.png", request.end_image_png, subfolder=UPLOAD_SUBFOLDER)
+                except (ComfyUIUnreachable, ComfyUIHTTPError) as exc:
+                    raise await self._transport_failure(exc, proc)
+                end_uploaded = f"{up['subfolder']}/{up['name']}" if up.get("subfolder") else up["name"]
             t_uploaded = time.monotonic()
 
             model_names = {role: path.name for role, (_entry, path) in request.models.items()}
             model_paths = {path.name: path for _entry, path in request.models.values()}
+            model_paths.update({lora.name: lora.path for lora in request.loras})
             try:
                 graph = graph_mod.build_graph(request, image_name=uploaded,
-                                              filename_prefix=f"{UPLOAD_SUBFOLDER}/{stem}", model_names=model_names)
+                                              filename_prefix=f"{UPLOAD_SUBFOLDER}/{stem}", model_names=model_names,
+                                              end_image_name=end_uploaded)
             except ValueError as exc:
                 raise EngineError(f"cannot build the ComfyUI graph: {exc}", code="invalid_graph") from None
             await self._check_models(client, graph, model_paths)
@@ -604,6 +613,8 @@ class ComfyUIEngine:
         targets: list[Path] = []
         if uploaded and self.input_dir is not None:
             targets.append(self.input_dir / uploaded)
+            end = self.input_dir / UPLOAD_SUBFOLDER
+            targets += list(end.glob(f"{glob.escape(stem)}_end*")) if end.is_dir() else []  # first-last frame
         if self.output_dir is not None:
             sub = self.output_dir / UPLOAD_SUBFOLDER
             targets += list(sub.glob(f"{glob.escape(stem)}*")) if sub.is_dir() else []

@@ -1,8 +1,10 @@
 """The one production ComfyUI graph (API format) for Wan2.2 I2V with two GGUF experts.
 
 UnetLoaderGGUF(high/low) -> LoraLoaderModelOnly (lightx2v; skipped for an expert whose strength is
-0 or when no LoRA is given) -> ModelSamplingSD3(shift) each; CLIPLoader(type "wan") ->
-CLIPTextEncode positive/negative; VAELoader; LoadImage; WanImageToVideo; KSamplerAdvanced on the
+0 or when no LoRA is given) -> one LoraLoaderModelOnly per job LoRA (none where its strength is 0)
+-> ModelSamplingSD3(shift) each; CLIPLoader(type "wan") ->
+CLIPTextEncode positive/negative; VAELoader; LoadImage; WanImageToVideo (WanFirstLastFrameToVideo with a second LoadImage when the
+job has an end image); KSamplerAdvanced on the
 high-noise expert for steps [0, high_noise_steps) returning leftover noise -> KSamplerAdvanced on
 the low-noise expert for the rest; VAEDecode -> CreateVideo(fps) -> SaveVideo(mp4, h264).
 
@@ -26,6 +28,7 @@ REQUIRED_NODES: dict[str, str] = {
     "VAELoader": "ComfyUI core",
     "LoadImage": "ComfyUI core",
     "WanImageToVideo": "ComfyUI core",
+    "WanFirstLastFrameToVideo": "ComfyUI core",
     "KSamplerAdvanced": "ComfyUI core",
     "VAEDecode": "ComfyUI core",
     "CreateVideo": "ComfyUI core",
@@ -59,6 +62,7 @@ def build_graph(
     image_name: str,
     filename_prefix: str,
     model_names: dict[ModelRole, str],
+    end_image_name: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The API-format graph for one job.
 
@@ -90,6 +94,7 @@ def build_graph(
         if lora_name and strength != 0:
             model = node(f"lora_{tag}", "LoraLoaderModelOnly", model=model, lora_name=lora_name,
                          strength_model=float(strength))
+        model = _job_loras(node, model, request, tag)
         experts[tag] = node(f"shift_{tag}", "ModelSamplingSD3", model=model, shift=float(request.shift))
 
     clip = node("load_text_encoder", "CLIPLoader", clip_name=model_names[ModelRole.TEXT_ENCODER], type="wan")
@@ -97,8 +102,16 @@ def build_graph(
     negative = node("encode_negative", "CLIPTextEncode", text=request.negative_prompt, clip=clip)
     vae = node("load_vae", "VAELoader", vae_name=model_names[ModelRole.VAE])
     image = node("load_image", "LoadImage", image=image_name)
-    node("image_to_video", "WanImageToVideo", positive=positive, negative=negative, vae=vae,
-         width=request.width, height=request.height, length=request.length, batch_size=1, start_image=image)
+    if request.end_image_png is not None:
+        if not end_image_name:
+            raise ValueError("build_graph: the request has an end image but no end_image_name was given")
+        end = node("load_end_image", "LoadImage", image=end_image_name)
+        node("image_to_video", "WanFirstLastFrameToVideo", positive=positive, negative=negative, vae=vae,
+             width=request.width, height=request.height, length=request.length, batch_size=1, start_image=image,
+             end_image=end)
+    else:
+        node("image_to_video", "WanImageToVideo", positive=positive, negative=negative, vae=vae,
+             width=request.width, height=request.height, length=request.length, batch_size=1, start_image=image)
     cond_pos, cond_neg, latent = ["image_to_video", 0], ["image_to_video", 1], ["image_to_video", 2]
 
     common = dict(noise_seed=int(request.seed), steps=int(request.steps), cfg=float(request.cfg),
@@ -113,3 +126,14 @@ def build_graph(
     video = node("create_video", "CreateVideo", images=frames, fps=float(request.fps))
     node(OUTPUT_NODE, "SaveVideo", video=video, filename_prefix=filename_prefix, format="mp4", codec="h264")
     return g
+
+
+def _job_loras(node, model: list[Any], request: GenerationRequest, tag: str) -> list[Any]:
+    """Chain one LoraLoaderModelOnly per job LoRA on this expert (`lora_job{i}_{tag}`); a LoRA whose
+    strength on this expert is 0 gets no node there."""
+    for i, lora in enumerate(request.loras):
+        strength = lora.strength_high if tag == "high" else lora.strength_low
+        if strength != 0:
+            model = node(f"lora_job{i}_{tag}", "LoraLoaderModelOnly", model=model, lora_name=lora.name,
+                         strength_model=float(strength))
+    return model

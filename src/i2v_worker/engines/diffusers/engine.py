@@ -250,12 +250,57 @@ class DiffusersEngine:
                 expert.lora = want
                 self.load_counts[str(want)] += 1
             loaders.set_lora_strength(expert.obj, strength if want is not None else 0.0)
+        self._apply_job_loras(request, comps, strengths if lora is not None else {})
+
+    def _apply_job_loras(self, request: GenerationRequest, comps: dict[ModelRole, _Loaded],
+                         lightx2v: dict[ModelRole, float]) -> None:
+        """Job LoRAs as named adapters `job<i>` on each expert where their strength is not 0, active
+        together with the lightx2v adapter at per-expert weights; `_unload_job_loras` removes them."""
+        from i2v_worker.engines.diffusers import loaders
+
+        if not request.loras:
+            return
+        for role in (ModelRole.HIGH_NOISE, ModelRole.LOW_NOISE):
+            model = comps[role].obj
+            weights: dict[str, float] = {}
+            if loaders.ADAPTER in getattr(model, "peft_config", {}) and lightx2v.get(role, 0) != 0:
+                weights[loaders.ADAPTER] = float(lightx2v[role])
+            for i, lora in enumerate(request.loras):
+                strength = lora.strength_high if role == ModelRole.HIGH_NOISE else lora.strength_low
+                if strength == 0:
+                    continue
+                if not Path(lora.path).is_file():
+                    raise EngineError(f"job LoRA {lora.label or lora.name} is not at {lora.path}", code="model_error")
+                try:
+                    loaders.load_named_lora(model, Path(lora.path), f"job{i}", dtype=self._dtype)
+                except EngineError:
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    raise EngineError(f"could not apply job LoRA {lora.label or lora.name} to the {role.value} expert: "
+                                      f"{type(exc).__name__}: {exc}", code="model_error",
+                                      details=traceback.format_exc()) from exc
+                weights[f"job{i}"] = float(strength)
+            loaders.set_adapter_weights(model, weights)
+
+    def _unload_job_loras(self, request: GenerationRequest) -> None:
+        """After the job: the job adapters go, so the next job starts with only the preset's LoRA."""
+        from i2v_worker.engines.diffusers import loaders
+
+        if not request.loras:
+            return
+        for role in (ModelRole.HIGH_NOISE, ModelRole.LOW_NOISE):
+            comp = self._components.get(role)
+            if comp is not None:
+                loaders.delete_job_adapters(comp.obj)
 
     # -- one job -------------------------------------------------------------------------------------
 
     def _run_job(self, request: GenerationRequest, cancel: threading.Event, emit: Callable[[EngineProgress], None]) -> GeneratedVideo:
         try:
-            return self._generate(request, cancel, emit)
+            try:
+                return self._generate(request, cancel, emit)
+            finally:
+                self._unload_job_loras(request)
         except (EngineError, sampling.SamplingCancelled):
             raise
         except Exception as exc:  # noqa: BLE001 - the user sees one readable line
@@ -377,18 +422,40 @@ class DiffusersEngine:
             img = Image.open(io.BytesIO(request.image_png)).convert("RGB")
         except Exception as exc:  # noqa: BLE001
             raise EngineError(f"image_png could not be decoded: {exc}", code="engine_error") from exc
-        # ComfyUI: common_upscale(..., "bilinear", "center") = center crop to the aspect, then resize
-        img = ImageOps.fit(img, (request.width, request.height), method=Image.BILINEAR, centering=(0.5, 0.5))
-        pixels = torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)  # 3,H,W in [-1,1]
+        def fitted(im):
+            # ComfyUI: common_upscale(..., "bilinear", "center") = center crop to the aspect, then resize
+            im = ImageOps.fit(im, (request.width, request.height), method=Image.BILINEAR, centering=(0.5, 0.5))
+            return torch.from_numpy(np.asarray(im, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)  # 3,H,W in [-1,1]
+
+        pixels = fitted(img)
         video = torch.zeros((1, 3, request.length, request.height, request.width), dtype=torch.float32)
         video[0, :, 0] = pixels  # frames after the first: 0 = ComfyUI's 0.5 gray
+        if request.end_image_png is not None:  # WanFirstLastFrameToVideo: the last frame is given too
+            try:
+                end = Image.open(io.BytesIO(request.end_image_png)).convert("RGB")
+            except Exception as exc:  # noqa: BLE001
+                raise EngineError(f"end_image_png could not be decoded: {exc}", code="engine_error") from exc
+            video[0, :, -1] = fitted(end)
         enc = vae.encode(video.to(dev, vae.dtype)).latent_dist.mode().float()
         mean = torch.tensor(vae.config.latents_mean, device=dev).view(1, -1, 1, 1, 1)
         std = torch.tensor(vae.config.latents_std, device=dev).view(1, -1, 1, 1, 1)
         latent = (enc - mean) / std
-        mask = torch.zeros((1, 4, *latent.shape[2:]), device=dev)
-        mask[:, :, 0] = 1.0
-        return torch.cat([mask, latent], dim=1).to(dt)
+        return torch.cat([self._condition_mask(request, latent.shape[2:], dev), latent], dim=1).to(dt)
+
+    @staticmethod
+    def _condition_mask(request: GenerationRequest, latent_shape, dev):
+        """ComfyUI's layout: a per-pixel-frame mask over 4*T frames (0 = given), start image: frames
+        [0, 4); end image: the last frame; viewed as (T, 4) -> 4 channels per latent frame; the
+        model then uses 1 - mask (comfy.model_base.WAN21.concat_cond)."""
+        import torch
+
+        t = latent_shape[0]
+        frames = torch.ones(t * 4)
+        frames[:4] = 0.0
+        if request.end_image_png is not None:
+            frames[-1:] = 0.0
+        given = (1.0 - frames).view(t, 4).transpose(0, 1)  # 4, T
+        return given.view(1, 4, t, 1, 1).expand(1, 4, t, *latent_shape[1:]).to(dev).contiguous()
 
     def _decode(self, latents, vae):
         import torch

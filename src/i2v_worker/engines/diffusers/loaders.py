@@ -255,3 +255,34 @@ def set_lora_strength(model, strength: float) -> None:
     else:
         model.enable_adapters()
         model.set_adapters([ADAPTER], weights=[float(strength)])
+
+
+JOB_ADAPTER_PREFIX = "job"
+
+
+def load_named_lora(model, path: Path, adapter_name: str, *, dtype: torch.dtype) -> int:
+    """Add the LoRA at `path` to `model` as adapter `adapter_name` (replacing one of that name)."""
+    state, skipped = lora_state_for(model, path)
+    state = {k: v.to(dtype) for k, v in state.items()}
+    if adapter_name in getattr(model, "peft_config", {}):
+        model.delete_adapters([adapter_name])
+    model.load_lora_adapter(state, adapter_name=adapter_name, prefix=None)
+    log(logger, logging.DEBUG, "lora loaded", file=path.name, adapter=adapter_name, tensors=len(state), skipped=skipped)
+    return skipped
+
+
+def set_adapter_weights(model, weights: dict[str, float]) -> None:
+    """Exactly these adapters active at these weights (none: adapters disabled)."""
+    if not getattr(model, "peft_config", {}):
+        return
+    if not weights:
+        model.disable_adapters()
+        return
+    model.enable_adapters()
+    model.set_adapters(list(weights), weights=[float(w) for w in weights.values()])
+
+
+def delete_job_adapters(model) -> None:
+    names = [n for n in getattr(model, "peft_config", {}) if n.startswith(JOB_ADAPTER_PREFIX)]
+    if names:
+        model.delete_adapters(names)
