@@ -49,7 +49,7 @@ from i2v_worker.engines.comfyui.client import (
     ComfyUIUnreachable,
     PromptRejected,
 )
-from i2v_worker.engines.comfyui.job import JobState, check_outcome, follow, inference_seconds
+from i2v_worker.engines.comfyui.job import PromptState, check_outcome, follow, inference_seconds
 from i2v_worker.engines.comfyui.process import ComfyUIProcess, ProcessSpec, build_argv, describe_exit
 from i2v_worker.logs import log
 
@@ -387,7 +387,7 @@ class ComfyUIEngine:
         t_ready = time.monotonic()
         stem = safe_name(request.job_id)
         uploaded: str | None = None
-        state = JobState(prompt_id=str(uuid.uuid4()))
+        state = PromptState(prompt_id=str(uuid.uuid4()))
         queued = False
         history: dict[str, Any] | None = None
         try:

@@ -30,8 +30,10 @@ VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv")
 
 
 @dataclass
-class JobState:
-    """What one job saw while following ComfyUI (times are time.monotonic())."""
+class PromptState:
+    """What the engine saw of one ComfyUI prompt while following it (times are time.monotonic()).
+
+    Not the RunPod job status (that is `i2v_worker.client.JobState`)."""
 
     prompt_id: str
     submitted: float = 0.0
@@ -48,7 +50,7 @@ class JobState:
 async def follow(
     client: ComfyUIClient,
     ws: aiohttp.ClientWebSocketResponse | None,
-    state: JobState,
+    state: PromptState,
     graph: dict[str, Any],
     *,
     total_steps: int,
@@ -164,7 +166,7 @@ def find_video(outputs: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def inference_seconds(state: JobState, history: dict[str, Any] | None) -> float:
+def inference_seconds(state: PromptState, history: dict[str, Any] | None) -> float:
     """ComfyUI's own timestamps (ms) from the history status, else what the websocket showed."""
     stamps: dict[str, float] = {}
     for kind, data in ((history or {}).get("status") or {}).get("messages") or []:
