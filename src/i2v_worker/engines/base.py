@@ -22,6 +22,9 @@ class ModelRole(str, enum.Enum):
     TEXT_ENCODER = "text_encoder"  # UMT5-XXL fp8-scaled, with embedded SentencePiece model
     VAE = "vae"  # Wan 2.1 VAE
     LORA = "lora"  # lightx2v step-distill LoRA, applied to both experts
+    # Not a graph slot: RIFE frame interpolation, run by the worker on the engine's frames (only
+    # for jobs with interpolate > 1; never prefetched, never handed to an engine).
+    INTERPOLATION = "interpolation"
 
 
 @dataclass(frozen=True)
