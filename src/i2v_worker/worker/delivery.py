@@ -17,7 +17,7 @@ from typing import Any
 
 from i2v_worker.config import Settings
 
-MIME_TYPE = "video/mp4"
+MIME_TYPE = "video/mp4"  # default; the result's mime_type (from video.encode.FORMATS) wins
 BUCKET_VARS = "BUCKET_ENDPOINT_URL, BUCKET_ACCESS_KEY_ID and BUCKET_SECRET_ACCESS_KEY"
 
 
@@ -66,8 +66,9 @@ def s3_client(settings: Settings) -> Any:
     )
 
 
-def upload_video(path: Path, job_id: str, settings: Settings, client: Any = None) -> str:
-    """Upload the MP4 as `<job id>/<file name>` and return a presigned GET URL (blocking: run in a thread)."""
+def upload_video(path: Path, job_id: str, settings: Settings, client: Any = None, mime_type: str = MIME_TYPE) -> str:
+    """Upload the video as `<job id>/<file name>` (the encoder's extension) with its ContentType and
+    return a presigned GET URL (blocking: run in a thread)."""
     from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -75,7 +76,7 @@ def upload_video(path: Path, job_id: str, settings: Settings, client: Any = None
     key = f"{_safe_key_part(job_id)}/{path.name}"
     bucket = settings.bucket_name
     try:
-        client.upload_file(str(path), bucket, key, ExtraArgs={"ContentType": MIME_TYPE})
+        client.upload_file(str(path), bucket, key, ExtraArgs={"ContentType": mime_type})
         url = client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
                                             ExpiresIn=settings.url_expiry_s)
     except (Boto3Error, BotoCoreError, ClientError) as exc:
@@ -115,7 +116,7 @@ def deliver(path: Path, job_id: str, delivery: str, result: dict[str, Any], sett
     check_delivery_possible(delivery, settings)
     if delivery == "url" or (delivery == "auto" and bucket_configured(settings)):
         t0 = clock()
-        url = upload_video(path, job_id, settings, client)
+        url = upload_video(path, job_id, settings, client, result.get("mime_type", MIME_TYPE))
         out = dict(result, video_url=url)
         out.setdefault("timings", {})["upload"] = round(clock() - t0, 4)
         return out

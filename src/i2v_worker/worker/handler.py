@@ -1,8 +1,14 @@
-"""The job handler: validate -> image -> models -> engine -> delivery, with progress and timings.
+"""The job handler: validate -> image -> models -> engine -> interpolate + encode -> delivery,
+with progress and timings.
 
 `Worker(settings, store, engine)` holds everything a job needs; `await worker.handle(job)` never
 raises (except CancelledError, which it re-raises after the engine stopped): every failure becomes
-`{"error", "error_code", "details"}` with a readable message.
+`{"error", "error_code", "details"}` with a readable message (`error_code`: an ErrorCode).
+
+The job's deadline (I2V_JOB_DEADLINE_S) has one owner: `handle` here. Nothing below it runs a
+timer; when the deadline passes, the task running the job is cancelled, which interrupts whatever
+stage it is in (a download, ComfyUI, the diffusers sampling loop, the interpolation) and the job
+fails with `timeout`, naming that stage.
 """
 
 from __future__ import annotations
@@ -21,11 +27,13 @@ from typing import Any, Callable
 from i2v_worker import __version__
 from i2v_worker.config import Settings
 from i2v_worker.engines.base import Engine, EngineError, EngineProgress, GenerationRequest, ModelRole
+from i2v_worker.error_codes import ErrorCode
 from i2v_worker.logs import Throttle, log
 from i2v_worker.store.errors import (DiskFullError, DownloadError, LeaseTimeout, ManifestError, OfflineError,
                                      StoreError)
 from i2v_worker.store.types import ModelState, ProgressEvent
 from i2v_worker.worker.delivery import DeliveryError, check_delivery_possible, deliver
+from i2v_worker.worker.finish import InterpolationError, VideoFinisher
 from i2v_worker.worker.image import (MAX_PIXELS, ImageInputError, PreparedImage, Resolver, decode_base64, decode_image,
                                      fetch_image)
 from i2v_worker.worker.schema import RANDOM_SEED_MAX, InvalidInput, JobInput, parse_job_input, resolve_size
@@ -80,6 +88,7 @@ class Worker:
         self._engine_started = False
         self._engine_lock: asyncio.Lock | None = None
         self.prefetch_task: asyncio.Task | None = None
+        self.finisher = VideoFinisher(settings.device)
 
     # --- lifecycle --------------------------------------------------------------------------------
     async def start(self, *, prefetch: bool | None = None) -> None:
@@ -93,7 +102,8 @@ class Worker:
         await self._ensure_engine_started()
 
     async def _prefetch(self) -> None:
-        names = [e.name for e in self._preset_roles().values()]
+        # The interpolation model is only fetched by a job that asks for it (like a LoRA at 0/0).
+        names = [e.name for role, e in self._preset_roles().items() if role is not ModelRole.INTERPOLATION]
         t0 = self._clock()
         log(logger, logging.INFO, "prefetch started", preset=self.settings.preset, models=len(names))
         try:
@@ -205,6 +215,7 @@ class Worker:
         timings["engine_start"] = round(self._clock() - t, 4)  # time this job waited for the engine to start
 
         stage["name"] = "generation"
+        interpolation_model = models.pop(ModelRole.INTERPOLATION, None)  # the worker's, not the engine's
         request = GenerationRequest(
             job_id=job_id, image_png=image.png, prompt=inp.prompt, negative_prompt=inp.negative_prompt,
             width=width, height=height, length=inp.length, fps=inp.fps, steps=inp.steps,
@@ -226,32 +237,49 @@ class Worker:
             video = await self.engine.generate(request, on_engine_progress)
         except EngineError as exc:
             raise _JobFailed(self._engine_error(exc)) from None
+        for key in ("queue", "inference"):
+            timings[key] = round(float(video.timings.get(key, 0.0)), 4)
+        stage["name"] = "interpolation" if inp.interpolate > 1 else "encoding"
         try:
-            for key in ("queue", "inference", "encode"):
-                timings[key] = round(float(video.timings.get(key, 0.0)), 4)
+            finished = await self.finisher.finish(
+                video, job_id=job_id, output_dir=Path(self.settings.output_dir), factor=inp.interpolate,
+                format=inp.output.format, quality=inp.output.quality,
+                interpolation_model=interpolation_model[1] if interpolation_model else None,
+                emit=lambda p: sink(job, p) if step_throttle.ready(force=p.get("step") == p.get("total")) else None)
+        except InterpolationError as exc:
+            raise _JobFailed(error_output(exc.code, exc.message, {"model": interpolation_model[0]}
+                                          if interpolation_model else None)) from None
+        encoded = finished.video
+        timings["interpolate"] = round(finished.interpolate_s, 4)
+        timings["encode"] = round(finished.encode_s, 4)
+        try:
             stage["name"] = "delivery"
             result: dict[str, Any] = {
-                "mime_type": "video/mp4", "seed": seed, "width": video.width, "height": video.height,
-                "frames": video.frames, "fps": video.fps, "timings": timings,
+                "mime_type": encoded.mime_type, "format": encoded.format.value, "seed": seed, "width": encoded.width,
+                "height": encoded.height, "frames": encoded.frames, "fps": encoded.fps, "timings": timings,
             }
             if warnings:
                 result["warnings"] = list(warnings)
             timings.setdefault("upload", 0.0)
             timings["total"] = round(self._clock() - t0, 4)
-            out = await asyncio.to_thread(deliver, Path(video.path), job_id, inp.delivery, result, self.settings,
+            out = await asyncio.to_thread(deliver, encoded.path, job_id, inp.delivery, result, self.settings,
                                           self._s3_client, self._clock)
             timings["total"] = round(self._clock() - t0, 4)
         finally:
-            Path(video.path).unlink(missing_ok=True)
-        log(logger, logging.INFO, "job done", job=job_id, seed=seed, size=f"{video.width}x{video.height}",
-            frames=video.frames, delivery="url" if "video_url" in out else "base64", **timings)
+            encoded.path.unlink(missing_ok=True)
+        log(logger, logging.INFO, "job done", job=job_id, seed=seed, size=f"{encoded.width}x{encoded.height}",
+            frames=encoded.frames, format=encoded.format.value, delivery="url" if "video_url" in out else "base64",
+            **timings)
         return out
 
     def required_models(self, inp: JobInput) -> dict[ModelRole, Any]:
-        """role -> manifest entry for exactly what this job's graph needs (no LoRA at strengths 0/0)."""
+        """role -> manifest entry for exactly what this job needs (no LoRA at strengths 0/0, no
+        interpolation model unless interpolate > 1)."""
         roles = dict(self._preset_roles())
         if inp.lora_strength_high == 0 and inp.lora_strength_low == 0:
             roles.pop(ModelRole.LORA, None)
+        if inp.interpolate == 1:
+            roles.pop(ModelRole.INTERPOLATION, None)
         return roles
 
     def _preset_roles(self) -> dict[ModelRole, Any]:

@@ -2,9 +2,11 @@
 
 Models load lazily on the first job that names them and stay loaded (cache keyed by file path, so
 a warm job reloads nothing and a job naming another file swaps only that component). Each job runs
-on one dedicated worker thread; the event loop only awaits it. Cancellation sets a threading.Event
-that the sampling loop checks between steps; the deadline (settings.job_deadline_s) is checked at
-the same points.
+on one dedicated worker thread; the event loop only awaits it. Cancelling the awaiting task sets a
+threading.Event that the sampling loop checks between steps: that is how the worker's deadline
+(which the worker owns, see worker/handler.py) and RunPod's cancel stop a job; the engine runs no
+timer of its own. The result is the decoded frames (uint8, `video.frames.to_uint8`); the worker
+encodes the file.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class _Loaded:
 class DiffusersEngine:
     """In-process engine (engines.base.Engine). Attributes tests read: `load_counts` (file path ->
     times loaded), `last_record` (sampling.SamplingRecord of the last job), `last_frames_sha256`
-    (the generated frames, before the lossy h264 encode)."""
+    (the generated frames). `clock` times the stages (injectable, like the store's)."""
 
     name = "diffusers"
 
@@ -88,9 +90,6 @@ class DiffusersEngine:
         except asyncio.CancelledError:
             cancel.set()  # the sampling loop stops before its next step
             await asyncio.wait({fut})
-            with contextlib.suppress(BaseException):
-                if fut.exception() is None:  # finished before it saw the event: drop its video
-                    fut.result().path.unlink(missing_ok=True)
             log(logger, logging.INFO, "job cancelled", job_id=request.job_id)
             raise
 
@@ -287,15 +286,11 @@ class DiffusersEngine:
     def _generate(self, request: GenerationRequest, cancel: threading.Event, emit: Callable[[EngineProgress], None]) -> GeneratedVideo:
         import torch
 
-        from i2v_worker.engines.diffusers.video import write_mp4
-
         self._check_request(request)
-        started = self._clock()
-        deadline = started + float(self._settings.job_deadline_s)
         self._prepare()
-        t0 = time.perf_counter()
+        t0 = self._clock()
         comps = self._load_all(request)
-        t_load = time.perf_counter() - t0
+        t_load = self._clock() - t0
         if cancel.is_set():
             raise sampling.SamplingCancelled()
         dev, dt = self._device, self._dtype
@@ -303,11 +298,11 @@ class DiffusersEngine:
         te = comps[ModelRole.TEXT_ENCODER].obj
 
         marks: dict[str, float] = {}
-        t0 = time.perf_counter()
+        t0 = self._clock()
 
         def mark(stage: str) -> None:  # wall time of each stage, for logs and bench/
             nonlocal t0
-            now = time.perf_counter()
+            now = self._clock()
             marks[stage] = now - t0
             t0 = now
 
@@ -326,17 +321,12 @@ class DiffusersEngine:
             record = sampling.SamplingRecord()
             self.last_record = record
 
-            def check() -> None:
-                if self._clock() > deadline:
-                    raise EngineError(f"the job passed its deadline of {self._settings.job_deadline_s:g} s during sampling "
-                                      f"(step {len(record.experts) + 1} of {request.steps})", code="timeout")
-
             def on_step(i: int, total: int, which: str) -> None:
                 emit(EngineProgress("sampling", i, total, message=which))
 
             latents = sampling.sample_euler(
                 experts, noise, condition, sigmas, request.high_noise_steps, context, negative, request.cfg,
-                cancel=cancel, check=check, on_step=on_step, record=record,
+                cancel=cancel, on_step=on_step, record=record,
             )
             mark("sampling")
             if cancel.is_set():
@@ -344,17 +334,10 @@ class DiffusersEngine:
             frames = self._decode(latents, vae)
             mark("vae_decode")
         self.last_frames_sha256 = hashlib.sha256(frames.tobytes()).hexdigest()
-        out = Path(request.output_dir) / f"{request.job_id}.mp4"
-        write_mp4(frames, out, request.fps)
-        mark("mp4")
-        timings = {"load": t_load, "inference": marks["text_encode"] + marks["image_encode"] + marks["sampling"],
-                   "encode": marks["vae_decode"] + marks["mp4"], **marks}
+        timings = {"load": t_load, "inference": sum(marks.values()), **marks}
         log(logger, logging.INFO, "job done", job_id=request.job_id, experts="".join(e[0] for e in record.experts),
             **{f"{k}_s": round(v, 2) for k, v in timings.items()})
-        return GeneratedVideo(
-            path=out, width=request.width, height=request.height, frames=int(frames.shape[0]), fps=request.fps,
-            timings=timings,
-        )
+        return GeneratedVideo(pixels=frames, fps=request.fps, timings=timings)
 
     @staticmethod
     def _denoiser(model):
@@ -377,8 +360,11 @@ class DiffusersEngine:
             img = Image.open(io.BytesIO(request.image_png)).convert("RGB")
         except Exception as exc:  # noqa: BLE001
             raise EngineError(f"image_png could not be decoded: {exc}", code="engine_error") from exc
-        # ComfyUI: common_upscale(..., "bilinear", "center") = center crop to the aspect, then resize
-        img = ImageOps.fit(img, (request.width, request.height), method=Image.BILINEAR, centering=(0.5, 0.5))
+        # The worker already fitted the image to width x height (worker/image.py: the one resize both
+        # engines see; ComfyUI's common_upscale is then the identity). Only an engine used on its
+        # own with another size gets this centre-crop fit.
+        if img.size != (request.width, request.height):
+            img = ImageOps.fit(img, (request.width, request.height), method=Image.BILINEAR, centering=(0.5, 0.5))
         pixels = torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)  # 3,H,W in [-1,1]
         video = torch.zeros((1, 3, request.length, request.height, request.width), dtype=torch.float32)
         video[0, :, 0] = pixels  # frames after the first: 0 = ComfyUI's 0.5 gray
@@ -395,6 +381,9 @@ class DiffusersEngine:
 
         mean = torch.tensor(vae.config.latents_mean, device=latents.device).view(1, -1, 1, 1, 1)
         std = torch.tensor(vae.config.latents_std, device=latents.device).view(1, -1, 1, 1, 1)
+        from i2v_worker.video.frames import to_uint8
+
         video = vae.decode((latents * std + mean).to(vae.dtype), return_dict=False)[0]  # 1,3,T,H,W in [-1,1]
-        video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return video[0].permute(1, 2, 3, 0).contiguous().cpu().numpy()  # T,H,W,3
+        # ComfyUI's VAE.decode: clamp((x + 1) / 2, 0, 1); then the one float -> uint8 rule
+        video01 = torch.clamp((video.float() + 1.0) / 2.0, min=0.0, max=1.0)
+        return to_uint8(video01[0].permute(1, 2, 3, 0).contiguous())  # T,H,W,3
