@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from i2v_worker.video.frames import to_uint8
+from i2v_worker.error_codes import ErrorCode
 
 FACTORS = (1, 2, 4)
 SCALE_LIST = (16.0, 8.0, 4.0, 2.0, 1.0)  # RIFEModel.inference with scale=1.0
@@ -35,7 +36,7 @@ SCALE_LIST = (16.0, 8.0, 4.0, 2.0, 1.0)  # RIFEModel.inference with scale=1.0
 class InterpolationError(Exception):
     """The interpolation model could not be loaded or run; `message` names the file and the fix."""
 
-    def __init__(self, message: str, *, code: str = "model_error"):
+    def __init__(self, message: str, *, code: ErrorCode = ErrorCode.MODEL_ERROR):
         super().__init__(message)
         self.message = message
         self.code = code
@@ -134,7 +135,7 @@ def interpolate(frames: Iterable[np.ndarray], k: int, model: RifeModel | None, *
                 mids = [prev] * (k - 1)
             else:
                 if model is None:
-                    raise InterpolationError("interpolation asked for but no model was loaded", code="internal_error")
+                    raise InterpolationError("interpolation asked for but no model was loaded", code=ErrorCode.INTERNAL_ERROR)
                 mids = model.between(prev, cur, k)
                 stats.model_pairs += 1
             stats.seconds += clock() - t0

@@ -21,6 +21,7 @@ from typing import Callable
 
 from i2v_worker.engines.base import GeneratedVideo
 from i2v_worker.video.encode import EncodedVideo, VideoFormat, encode_video
+from i2v_worker.error_codes import ErrorCode
 from i2v_worker.video.interpolate import (InterpolationError, InterpolationStats, InterpolationStopped, ModelCache,
                                           interpolate, resolve_device)
 
@@ -60,7 +61,7 @@ class VideoFinisher:
         model = None
         if factor > 1:
             if interpolation_model is None:
-                raise InterpolationError("interpolate > 1 but the preset has no interpolation model", code="model_error")
+                raise InterpolationError("interpolate > 1 but the preset has no interpolation model", code=ErrorCode.MODEL_ERROR)
             model = await asyncio.to_thread(self.models.get, interpolation_model, self.device())
         stop = threading.Event()
         total = max(0, video.frames - 1)

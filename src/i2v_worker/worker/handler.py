@@ -51,7 +51,7 @@ def _no_progress(job: dict, payload: dict) -> None:
     return None
 
 
-def error_output(code: str, message: str, details: Any = None) -> dict[str, Any]:
+def error_output(code: ErrorCode, message: str, details: Any = None) -> dict[str, Any]:
     out: dict[str, Any] = {"error": message, "error_code": code}
     if details is not None:
         out["details"] = details
@@ -167,7 +167,7 @@ class Worker:
                 log(logger, logging.WARNING, "job deadline passed", job=job_id, stage=stage["name"],
                     deadline_s=self.settings.job_deadline_s)
                 return error_output(
-                    "timeout", f"the job did not finish within {self.settings.job_deadline_s:g} s "
+                    ErrorCode.TIMEOUT, f"the job did not finish within {self.settings.job_deadline_s:g} s "
                     f"(I2V_JOB_DEADLINE_S): it was stopped during {stage['name']}. Raise the deadline, or ask for "
                     "fewer frames or steps", {"stage": stage["name"], "deadline_s": self.settings.job_deadline_s})
         except InvalidInput as exc:
@@ -182,7 +182,7 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - nothing raises out of the handler
             logger.error("internal error", exc_info=True,
                          extra={"fields": {"job": job_id, "stage": stage["name"], "error": f"{type(exc).__name__}: {exc}"}})
-            return error_output("internal_error", f"internal error during {stage['name']}: {type(exc).__name__}: {exc}",
+            return error_output(ErrorCode.INTERNAL_ERROR, f"internal error during {stage['name']}: {type(exc).__name__}: {exc}",
                                 {"stage": stage["name"]})
 
     async def _run(self, job: dict, job_id: str, inp: JobInput, warnings: list[str], t0: float,
@@ -402,11 +402,11 @@ def _task_state(task: asyncio.Task | None) -> str:
 
 def store_error_output(exc: StoreError, names: list[str]) -> dict[str, Any]:
     """Store failures -> error dicts that say which model and what to do."""
-    code = ("models_offline" if isinstance(exc, OfflineError) else
-            "disk_full" if isinstance(exc, DiskFullError) else
-            "models_busy" if isinstance(exc, LeaseTimeout) else
-            "model_download_failed" if isinstance(exc, DownloadError) else
-            "model_error" if isinstance(exc, ManifestError) else "models_unavailable")
+    code = (ErrorCode.MODELS_OFFLINE if isinstance(exc, OfflineError) else
+            ErrorCode.DISK_FULL if isinstance(exc, DiskFullError) else
+            ErrorCode.MODELS_BUSY if isinstance(exc, LeaseTimeout) else
+            ErrorCode.MODEL_DOWNLOAD_FAILED if isinstance(exc, DownloadError) else
+            ErrorCode.MODEL_ERROR if isinstance(exc, ManifestError) else ErrorCode.MODELS_UNAVAILABLE)
     details: dict[str, Any] = {"models": names}
     if exc.model:
         details["model"] = exc.model

@@ -19,7 +19,7 @@ interrupts ComfyUI for this prompt (and waits briefly until ComfyUI no longer ru
 `CancelledError` propagates. `clock` (injectable) times the stages.
 
 Crash: while a job runs, the child's exit (or a refused connection) fails the job at once with
-`EngineError(code="engine_crashed")` carrying the log tail; the supervisor restarts ComfyUI in the
+`EngineError(code=ErrorCode.ENGINE_CRASHED)` carrying the log tail; the supervisor restarts ComfyUI in the
 background for the next job.
 """
 
@@ -53,6 +53,7 @@ from i2v_worker.engines.comfyui.frames import read_frames
 from i2v_worker.engines.comfyui.job import PromptState, check_outcome, follow, inference_seconds
 from i2v_worker.engines.comfyui.process import ComfyUIProcess, ProcessSpec, build_argv, describe_exit
 from i2v_worker.logs import log
+from i2v_worker.error_codes import ErrorCode
 
 logger = logging.getLogger("i2v_worker.engines.comfyui")
 
@@ -201,7 +202,7 @@ class ComfyUIEngine:
         (health shows them; every job fails with the install hint); a ComfyUI that cannot start does."""
         async with self._start_lock:
             if self._closing:
-                raise EngineError("the ComfyUI engine is closed", code="engine_unavailable")
+                raise EngineError("the ComfyUI engine is closed", code=ErrorCode.ENGINE_UNAVAILABLE)
             if self.ready:
                 return
             client = self._http()
@@ -218,7 +219,7 @@ class ComfyUIEngine:
                 raise EngineError(
                     f"ComfyUI at {self.base_url} (COMFYUI_URL) did not answer /system_stats for "
                     f"{ATTACH_WAIT_S:.0f}s; check that it runs and the URL is right",
-                    code="engine_unavailable",
+                    code=ErrorCode.ENGINE_UNAVAILABLE,
                 )
             await asyncio.sleep(POLL_S)
         self._attached_ready = True
@@ -230,7 +231,7 @@ class ComfyUIEngine:
             raise EngineError(
                 f"no ComfyUI at {self.comfyui_path} (main.py missing); set COMFYUI_PATH to a ComfyUI "
                 "checkout or COMFYUI_URL to attach to a running ComfyUI",
-                code="engine_unavailable",
+                code=ErrorCode.ENGINE_UNAVAILABLE,
             )
         if self._work_dir is None:
             self._work_dir = Path(tempfile.mkdtemp(prefix="i2v-comfyui-"))
@@ -391,7 +392,7 @@ class ComfyUIEngine:
                 graph = graph_mod.build_graph(request, image_name=uploaded,
                                               filename_prefix=f"{UPLOAD_SUBFOLDER}/{stem}", model_names=model_names)
             except ValueError as exc:
-                raise EngineError(f"cannot build the ComfyUI graph: {exc}", code="invalid_graph") from None
+                raise EngineError(f"cannot build the ComfyUI graph: {exc}", code=ErrorCode.INVALID_GRAPH) from None
             await self._check_models(client, graph, model_paths)
 
             client_id = uuid.uuid4().hex
@@ -503,7 +504,7 @@ class ComfyUIEngine:
                         f"ComfyUI's {folder} list ({where}; ComfyUI lists {len(options)} file(s) there). "
                         "Check that the model is downloaded and that ComfyUI was started with the "
                         "store's extra_model_paths.yaml",
-                        code="model_error",
+                        code=ErrorCode.MODEL_ERROR,
                         details={"node": node_id, "class_type": cls, "input": input_name, "value": value,
                                  "folder": folder, "listed": options[:50]},
                     )
@@ -550,7 +551,7 @@ class ComfyUIEngine:
         return EngineError(
             f"ComfyUI exited during the job ({how}); it is being restarted for the next job. "
             f"See log_tail (full log: {proc.spec.log_file})",
-            code="engine_crashed",
+            code=ErrorCode.ENGINE_CRASHED,
             log_tail=proc.log_tail(),
             details={"pid": proc.pid, "returncode": proc.returncode},
         )
@@ -569,7 +570,7 @@ class ComfyUIEngine:
     def _unreachable(self, exc: Exception) -> EngineError:
         where = "COMFYUI_URL" if self.attached else "the supervised ComfyUI"
         return EngineError(f"ComfyUI at {self.base_url} ({where}) failed a request: {exc}",
-                           code="engine_unavailable")
+                           code=ErrorCode.ENGINE_UNAVAILABLE)
 
     async def _abandon(self, client: ComfyUIClient, prompt_id: str) -> None:
         """The awaiting task was cancelled: drop the prompt from the queue or interrupt it, and wait

@@ -21,6 +21,7 @@ from i2v_worker.engines.base import EngineError, EngineProgress
 from i2v_worker.engines.comfyui import errors, graph as graph_mod
 from i2v_worker.engines.comfyui.client import ComfyUIClient, iter_messages
 from i2v_worker.logs import log
+from i2v_worker.error_codes import ErrorCode
 
 logger = logging.getLogger("i2v_worker.engines.comfyui")
 
@@ -145,13 +146,13 @@ def check_outcome(history: dict[str, Any], graph: dict[str, Any]) -> dict[str, A
     for kind, _data in messages:
         if kind == "execution_interrupted":
             raise EngineError("ComfyUI interrupted the job (an /interrupt that did not come from this worker?)",
-                              code="cancelled")
+                              code=ErrorCode.CANCELLED)
     if status.get("status_str") == "error":
-        raise EngineError(f"ComfyUI reported an error without details: {status}", code="engine_error", details=status)
+        raise EngineError(f"ComfyUI reported an error without details: {status}", code=ErrorCode.ENGINE_ERROR, details=status)
     found = find_frames_file(history.get("outputs") or {})
     if found is None:
         raise EngineError("ComfyUI finished but listed no frames file (SaveAnimatedPNG node "
-                          f"{graph_mod.OUTPUT_NODE!r})", code="engine_error", details=history.get("outputs"))
+                          f"{graph_mod.OUTPUT_NODE!r})", code=ErrorCode.ENGINE_ERROR, details=history.get("outputs"))
     return found
 
 

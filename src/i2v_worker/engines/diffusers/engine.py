@@ -37,6 +37,7 @@ from i2v_worker.engines.base import (
 )
 from i2v_worker.engines.diffusers import sampling
 from i2v_worker.logs import log
+from i2v_worker.error_codes import ErrorCode
 
 logger = logging.getLogger("i2v_worker.engines.diffusers")
 
@@ -138,9 +139,9 @@ class DiffusersEngine:
         try:
             dev = torch.device(want)
         except RuntimeError:
-            raise EngineError(f"I2V_DEVICE={want!r} is not a torch device; use auto, cpu or cuda", code="engine_unavailable") from None
+            raise EngineError(f"I2V_DEVICE={want!r} is not a torch device; use auto, cpu or cuda", code=ErrorCode.ENGINE_UNAVAILABLE) from None
         if dev.type == "cuda" and not torch.cuda.is_available():
-            raise EngineError("I2V_DEVICE=cuda but torch sees no CUDA device; use auto or cpu", code="engine_unavailable")
+            raise EngineError("I2V_DEVICE=cuda but torch sees no CUDA device; use auto or cpu", code=ErrorCode.ENGINE_UNAVAILABLE)
         return dev
 
     @staticmethod
@@ -186,7 +187,7 @@ class DiffusersEngine:
             self._components.pop(role)
             gc.collect()
         if not path.is_file():
-            raise EngineError(f"{role.value} model {name!r} is not at {path}; run `i2v-worker models fetch`", code="model_error")
+            raise EngineError(f"{role.value} model {name!r} is not at {path}; run `i2v-worker models fetch`", code=ErrorCode.MODEL_ERROR)
         t0 = time.perf_counter()
         try:
             obj = load()
@@ -195,7 +196,7 @@ class DiffusersEngine:
         except Exception as exc:  # noqa: BLE001 - any loader failure names the file
             raise EngineError(
                 f"could not load {role.value} model {name!r} ({path}): {type(exc).__name__}: {exc}",
-                code="model_error", details=traceback.format_exc(),
+                code=ErrorCode.MODEL_ERROR, details=traceback.format_exc(),
             ) from exc
         self.load_counts[str(path)] += 1
         log(logger, logging.INFO, "model loaded", role=role.value, model=name, seconds=round(time.perf_counter() - t0, 2))
@@ -209,7 +210,7 @@ class DiffusersEngine:
 
         missing = [r.value for r in _REQUIRED if r not in request.models]
         if missing:
-            raise EngineError(f"the request names no model for role(s) {', '.join(missing)}", code="model_error")
+            raise EngineError(f"the request names no model for role(s) {', '.join(missing)}", code=ErrorCode.MODEL_ERROR)
         dev, dt = self._device, self._dtype
         out: dict[ModelRole, _Loaded] = {}
         for role in (ModelRole.HIGH_NOISE, ModelRole.LOW_NOISE):
@@ -232,20 +233,20 @@ class DiffusersEngine:
         strengths = {ModelRole.HIGH_NOISE: request.lora_strength_high, ModelRole.LOW_NOISE: request.lora_strength_low}
         lora = request.models.get(ModelRole.LORA)
         if lora is None and any(s != 0 for s in strengths.values()):
-            raise EngineError("lora_strength_high/low are not 0 but the request names no lora model", code="model_error")
+            raise EngineError("lora_strength_high/low are not 0 but the request names no lora model", code=ErrorCode.MODEL_ERROR)
         for role, strength in strengths.items():
             expert = comps[role]
             want = Path(lora[1]) if (lora is not None and strength != 0) else None
             if want is not None and expert.lora != want:
                 if not want.is_file():
-                    raise EngineError(f"lora model {lora[0]!r} is not at {want}; run `i2v-worker models fetch`", code="model_error")
+                    raise EngineError(f"lora model {lora[0]!r} is not at {want}; run `i2v-worker models fetch`", code=ErrorCode.MODEL_ERROR)
                 try:
                     loaders.load_lora_into(expert.obj, want, dtype=self._dtype)
                 except EngineError:
                     raise
                 except Exception as exc:  # noqa: BLE001
                     raise EngineError(f"could not apply lora {lora[0]!r} to the {role.value} expert: {type(exc).__name__}: {exc}",
-                                      code="model_error", details=traceback.format_exc()) from exc
+                                      code=ErrorCode.MODEL_ERROR, details=traceback.format_exc()) from exc
                 expert.lora = want
                 self.load_counts[str(want)] += 1
             loaders.set_lora_strength(expert.obj, strength if want is not None else 0.0)
@@ -262,7 +263,7 @@ class DiffusersEngine:
 
             if isinstance(exc, torch.cuda.OutOfMemoryError):
                 raise EngineError(f"out of GPU memory at {request.width}x{request.height}x{request.length}; "
-                                  "lower the size or length", code="engine_error", details=traceback.format_exc()) from exc
+                                  "lower the size or length", code=ErrorCode.ENGINE_ERROR, details=traceback.format_exc()) from exc
             raise EngineError(f"diffusers engine failed: {type(exc).__name__}: {exc}", details=traceback.format_exc()) from exc
 
     @staticmethod
@@ -281,7 +282,7 @@ class DiffusersEngine:
         ]
         for field, ok, rule in rules:
             if not ok:
-                raise EngineError(f"{field} must be {rule} (got {getattr(r, field)!r})", code="engine_error")
+                raise EngineError(f"{field} must be {rule} (got {getattr(r, field)!r})", code=ErrorCode.ENGINE_ERROR)
 
     def _generate(self, request: GenerationRequest, cancel: threading.Event, emit: Callable[[EngineProgress], None]) -> GeneratedVideo:
         import torch
@@ -359,7 +360,7 @@ class DiffusersEngine:
         try:
             img = Image.open(io.BytesIO(request.image_png)).convert("RGB")
         except Exception as exc:  # noqa: BLE001
-            raise EngineError(f"image_png could not be decoded: {exc}", code="engine_error") from exc
+            raise EngineError(f"image_png could not be decoded: {exc}", code=ErrorCode.ENGINE_ERROR) from exc
         # The worker already fitted the image to width x height (worker/image.py: the one resize both
         # engines see; ComfyUI's common_upscale is then the identity). Only an engine used on its
         # own with another size gets this centre-crop fit.
