@@ -56,7 +56,14 @@ class RifeModel:
     @classmethod
     def load(cls, path: Path, device: str = "cpu") -> "RifeModel":
         import torch
-        from cccv.arch.vfi.ifnet_arch import IFNet
+
+        try:
+            from cccv.arch.vfi.ifnet_arch import IFNet
+        except ImportError as exc:  # cccv absent, or OpenCV's system libraries missing
+            raise InterpolationError(
+                f"frame interpolation needs the cccv package and OpenCV's system libraries (Debian: libgl1 "
+                f"libglib2.0-0): {exc}. Install i2v-worker[diffusers], or send interpolate 1",
+                code=ErrorCode.ENGINE_UNAVAILABLE) from exc
 
         path = Path(path)
         dev = torch.device(device)
