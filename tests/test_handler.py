@@ -465,3 +465,20 @@ async def test_progress_is_throttled_and_ends_with_the_last_step(harness):
     assert sampling[-1] == {"stage": "sampling", "step": 100, "total": 100, "percent": 100.0}
     models = [p for p in h.progress if p["stage"] == "models"]
     assert models and all({"phase", "model", "done_bytes", "total_bytes"} <= set(p) for p in models)
+
+
+async def test_deadline_stops_the_interpolation_too(harness):
+    """The handler is the deadline's one owner: it also stops the worker's own stage (RIFE + encode,
+    on a thread) between two frame pairs, and names the stage."""
+    import time
+
+    h = harness(job_deadline_s=6)
+    await h.worker.start(prefetch=True)
+    await h.worker.prefetch_task
+    t0 = time.monotonic()
+    out = await h.worker.handle(job(interpolate=4, length=161))  # 160 pairs: minutes on this CPU
+    elapsed = time.monotonic() - t0
+    assert out["error_code"] == "timeout", out
+    assert out["details"]["stage"] == "interpolation"
+    assert elapsed < 6 + 15, f"the interpolation thread did not stop promptly ({elapsed:.1f}s)"
+    assert not list(h.settings.output_dir.glob("*")), "no partial file left behind"

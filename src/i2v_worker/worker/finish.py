@@ -32,7 +32,7 @@ ProgressEmit = Callable[[dict], None]
 @dataclass
 class Finished:
     video: EncodedVideo
-    interpolate_s: float  # computing in-between frames (0 for interpolate 1)
+    interpolate_s: float  # loading RIFE (first use) and computing in-between frames (0 for interpolate 1)
     encode_s: float  # the rest of the pass: encoding (and handing frames over)
     model_pairs: int = 0
 
@@ -59,10 +59,13 @@ class VideoFinisher:
         """Raises InterpolationError (model_error) for an unusable model file, ValueError for bad frames."""
         loop = asyncio.get_running_loop()
         model = None
+        load_s = 0.0
         if factor > 1:
             if interpolation_model is None:
                 raise InterpolationError("interpolate > 1 but the preset has no interpolation model", code=ErrorCode.MODEL_ERROR)
+            t_load = self._clock()
             model = await asyncio.to_thread(self.models.get, interpolation_model, self.device())
+            load_s = self._clock() - t_load
         stop = threading.Event()
         total = max(0, video.frames - 1)
 
@@ -82,7 +85,7 @@ class VideoFinisher:
             encoded = encode_video(_until(stop, frames), Path(output_dir) / file_stem(job_id), fps=video.fps * factor,
                                    format=format, quality=quality)
             elapsed = self._clock() - t0
-            return Finished(encoded, interpolate_s=stats.seconds, encode_s=max(0.0, elapsed - stats.seconds),
+            return Finished(encoded, interpolate_s=load_s + stats.seconds, encode_s=max(0.0, elapsed - stats.seconds),
                             model_pairs=stats.model_pairs)
 
         if factor == 1:
