@@ -104,7 +104,13 @@ class RifeModel:
             i1 = resize(pair[1:2], 1.0).expand(n, -1, -1, -1)
             t = torch.tensor([i / k for i in range(1, k)], device=self.device, dtype=self.dtype).view(n, 1, 1, 1)
             t = t.expand(n, 1, *i0.shape[-2:])
-            out = self.net(torch.cat([i0, i1], dim=1), t, list(SCALE_LIST))
+            try:
+                out = self.net(torch.cat([i0, i1], dim=1), t, list(SCALE_LIST))
+            except torch.cuda.OutOfMemoryError:
+                raise InterpolationError(
+                    f"out of GPU memory interpolating {w}x{h} frames ({n} at a time) on {self.device}; "
+                    "ask for interpolate 2 instead of 4, a smaller size, or run on a larger GPU",
+                    code=ErrorCode.ENGINE_ERROR) from None
             out = de_resize(out, h, w) if out.shape[-2:] != (h, w) else out
             return list(to_uint8(out.float().clamp(0, 1).permute(0, 2, 3, 1)))
 
