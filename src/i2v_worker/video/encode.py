@@ -10,7 +10,8 @@ ContentType) and the base64 result all read it.
   +faststart (plays while downloading).
 - webm: libvpx-vp9 in constant-quality mode (crf with b:v 0), yuv420p, `quality` = VP9 crf
   (0..63), default 31, cpu-used 4 with row multithreading.
-- gif: Pillow, one adaptive 256-colour palette per frame (median cut, Floyd-Steinberg dither).
+- gif: Pillow, one adaptive 256-colour palette per frame (fast octree, then Floyd-Steinberg
+  dithering onto it: about 20 ms a 832x480 frame here, median cut took 600 ms for a similar result).
   PyAV's bundled `gif` encoder only takes palettized input and PyAV's converter gives a fixed
   palette, which bands badly. No quality scale. GIF stores delays in 1/100 s: the delays are
   spread so the average rate is the requested fps; players cap very high rates (over ~50 fps).
@@ -167,8 +168,9 @@ def _write_gif(frames: Iterator[np.ndarray], tmp: Path, fps: int) -> tuple[int, 
 
     images = []
     for arr in frames:
-        images.append(Image.fromarray(arr, "RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT,
-                                                            dither=Image.Dither.FLOYDSTEINBERG))
+        rgb = Image.fromarray(arr, "RGB")
+        palette = rgb.quantize(colors=256, method=Image.Quantize.FASTOCTREE)
+        images.append(rgb.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG))
     if not images:
         raise ValueError("no frames to encode")
     # Delays in whole 1/100 s (GIF's unit), spread so that frame i ends at round(100 * (i+1) / fps).
