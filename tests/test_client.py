@@ -428,3 +428,19 @@ def test_a_lost_run_answer_is_not_resent(cloud: FakeRunpodCloudApi, tmp_path: Pa
     assert res.returncode == 1
     assert "/run" in res.stderr
     assert len(cloud.requests("POST", "/run")) == 1
+
+
+def test_submit_flags_map_to_the_job_fields(tmp_path):
+    """--interpolate/--format/--quality reach the job input (output.* only when given)."""
+    from i2v_worker.cli import build_parser
+    from i2v_worker.client.cli import _job_input
+
+    img = tmp_path / "a.png"
+    img.write_bytes(b"\x89PNG fake")
+    argv = ["submit", "--url", "http://127.0.0.1:1", "--image", str(img), "--prompt", "p", "--interpolate", "2",
+            "--format", "webm", "--quality", "28"]
+    inp = _job_input(build_parser(argv).parse_args(argv))
+    assert inp["interpolate"] == 2 and inp["output"] == {"format": "webm", "quality": 28}
+    argv = ["submit", "--url", "http://127.0.0.1:1", "--image", str(img), "--prompt", "p"]
+    inp = _job_input(build_parser(argv).parse_args(argv))
+    assert "output" not in inp and "interpolate" not in inp

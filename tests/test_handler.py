@@ -1,8 +1,8 @@
 """The handler: validation -> image -> models (real store, tiny files) -> engine -> delivery.
 
 The engine here is `StandInEngine`, a TEST STAND-IN for the Engine protocol (not a fake of a
-server): it writes a real H.264 MP4 of the requested size, records each request and can block or
-fail on demand, so the handler's side of the contract is checked on its own: what it passes, the
+server): it returns real uint8 frames of the requested size (as both engines do), records each
+request and can block or fail on demand, so the handler's side of the contract is checked on its own: what it passes, the
 progress it forwards, cancellation and deadlines reaching the engine call, and error mapping. The
 real engines (ComfyUI, diffusers) run the same handler in the end-to-end tests.
 """
@@ -30,21 +30,12 @@ pytestmark = pytest.mark.timeout(120)
 EXAMPLE_PNG = Path(__file__).resolve().parent.parent / "examples" / "sunrise.png"
 
 
-def write_mp4(path: Path, frames: int, width: int, height: int, fps: int) -> Path:
-    import av
+def make_frames(frames: int, width: int, height: int):
     import numpy as np
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for i in range(frames):
-            img = np.full((height, width, 3), (i * 25) % 255, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 60, (height, width, 3))  # detail, so the encoder's quality matters
+    return np.stack([((texture + i * 25) % 255).astype(np.uint8) for i in range(frames)])
 
 
 class StandInEngine:
@@ -52,9 +43,9 @@ class StandInEngine:
 
     name = "stand-in"
 
-    def __init__(self, *, block: bool = False, error: EngineError | None = None, bad_path: bool = False,
+    def __init__(self, *, block: bool = False, error: EngineError | None = None, bad_frames: bool = False,
                  start_error: EngineError | None = None):
-        self.block, self.error, self.bad_path, self.start_error = block, error, bad_path, start_error
+        self.block, self.error, self.bad_frames, self.start_error = block, error, bad_frames, start_error
         self.requests: list[GenerationRequest] = []
         self.starts = 0
         self.closed = False
@@ -79,11 +70,10 @@ class StandInEngine:
             except asyncio.CancelledError:
                 self.cancelled = True  # a real engine interrupts its work here
                 raise
-        path = request.output_dir / f"{request.job_id}.mp4"
-        if not self.bad_path:
-            await asyncio.to_thread(write_mp4, path, request.length, request.width, request.height, request.fps)
-        return GeneratedVideo(path, request.width, request.height, request.length, request.fps,
-                              {"queue": 0.001, "inference": 0.01, "encode": 0.002})
+        pixels = make_frames(request.length, request.width, request.height)
+        if self.bad_frames:
+            pixels = pixels.astype("float32")  # not uint8: the encoder refuses it
+        return GeneratedVideo(pixels, request.fps, {"queue": 0.001, "inference": 0.01})
 
     async def health(self) -> dict:
         return {"engine": self.name, "ready": self.starts > 0 and self.start_error is None}
@@ -153,16 +143,19 @@ async def test_happy_path_base64(harness):
     assert probe_mp4(base64.b64decode(out["video"])) == ("h264", 9, 64, 64, 16.0)
     assert (out["mime_type"], out["seed"], out["width"], out["height"], out["frames"], out["fps"]) == \
         ("video/mp4", 42, 64, 64, 9, 16)
-    assert set(out["timings"]) >= {"models", "upload", "queue", "inference", "encode", "total"}
+    assert set(out["timings"]) >= {"models", "upload", "queue", "inference", "interpolate", "encode", "total"}
+    assert out["timings"]["interpolate"] == 0 and out["format"] == "mp4"
     assert "warnings" not in out
     req = h.engine.requests[0]
-    assert set(req.models) == set(ModelRole)  # every role, each a published file in the store
+    # every graph role, each a published file in the store; the interpolation model is the worker's
+    assert set(req.models) == set(ModelRole) - {ModelRole.INTERPOLATION}
     assert all(path.is_file() and path.parent.parent == h.settings.model_dir for _, path in req.models.values())
     assert (req.high_noise_steps, req.cfg, req.shift, req.negative_prompt[:4]) == (2, 1.0, 8.0, "色调艳丽")
     assert req.image_png.startswith(b"\x89PNG")
     assert not any(h.settings.output_dir.glob("*.mp4"))  # the engine's file is deleted after delivery
     stages = [p["stage"] for p in h.progress]
-    assert "models" in stages and stages[-1] == "sampling" and h.progress[-1]["step"] == 4
+    assert "models" in stages and stages[-1] == "encode"
+    assert [p for p in h.progress if p["stage"] == "sampling"][-1]["step"] == 4
 
 
 async def test_lora_free_job_never_fetches_the_lora(harness):
@@ -172,8 +165,9 @@ async def test_lora_free_job_never_fetches_the_lora(harness):
     assert ModelRole.LORA not in h.engine.requests[0].models
     lora = h.store.manifest.roles("tiny")[ModelRole.LORA].name
     states = h.states()
-    assert states[lora] == ModelState.MISSING
-    assert all(s == ModelState.PRESENT for n, s in states.items() if n != lora)
+    rife = h.store.manifest.roles("tiny")[ModelRole.INTERPOLATION].name
+    assert states[lora] == states[rife] == ModelState.MISSING
+    assert all(s == ModelState.PRESENT for n, s in states.items() if n not in (lora, rife))
 
 
 async def test_one_lora_strength_keeps_the_lora(harness):
@@ -279,8 +273,56 @@ async def test_s3_delivery(harness, s3_server):
     import httpx
 
     assert probe_mp4(httpx.get(out["video_url"], timeout=10).content)[1:4] == (9, 64, 64)
-    head = s3_server.client().head_object(Bucket="videos", Key="job-1/job-1.mp4")
+    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket="videos")["Contents"]]
+    assert len(keys) == 1 and keys[0].startswith("job-1/job-1-") and keys[0].endswith(".mp4")
+    head = s3_server.client().head_object(Bucket="videos", Key=keys[0])
     assert head["ContentType"] == "video/mp4"
+
+
+@pytest.mark.parametrize("fmt,mime,ext,codec", [("webm", "video/webm", ".webm", "vp9"), ("gif", "image/gif", ".gif", "gif")])
+async def test_formats_carry_their_mime_type_and_extension_everywhere(harness, s3_server, fmt, mime, ext, codec):
+    """output.format: the S3 key's extension and ContentType, and the base64 result's mime_type."""
+    s3_server.client().create_bucket(Bucket="videos")
+    h = harness(bucket_endpoint_url=s3_server.endpoint_url, bucket_access_key_id=S3_ACCESS_KEY,
+                bucket_secret_access_key=S3_SECRET_KEY, bucket_region=S3_REGION, bucket_name="videos")
+    out = await h.worker.handle(job(output={"format": fmt}))
+    assert (out["mime_type"], out["format"]) == (mime, fmt), out
+    key = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket="videos")["Contents"]][0]
+    assert key.endswith(ext) and s3_server.client().head_object(Bucket="videos", Key=key)["ContentType"] == mime
+    inline = await h.worker.handle(job(output={"format": fmt, "delivery": "base64"}))
+    assert inline["mime_type"] == mime
+    got = probe_mp4(base64.b64decode(inline["video"]))
+    assert got[:4] == (codec, 9, 64, 64)
+
+
+async def test_quality_changes_the_file_and_is_checked_per_format(harness):
+    h = harness()
+    best = await h.worker.handle(job(output={"quality": 0}))
+    worst = await h.worker.handle(job(output={"quality": 51}))
+    assert len(base64.b64decode(best["video"])) > len(base64.b64decode(worst["video"]))
+    out = await h.worker.handle(job(output={"format": "gif", "quality": 10}))
+    assert out["error_code"] == "invalid_input" and out["details"][0]["field"] == "output.quality"
+    out = await h.worker.handle(job(output={"format": "mp4", "quality": 60}))
+    assert out["error_code"] == "invalid_input" and "between 0 and 51" in out["error"]
+    assert len(h.engine.requests) == 2
+
+
+async def test_interpolation_fetches_rife_on_demand_and_multiplies_frames_and_fps(harness):
+    h = harness()
+    rife = h.store.manifest.roles("tiny")[ModelRole.INTERPOLATION].name
+    assert "error" not in await h.worker.handle(job())
+    assert h.states()[rife] == ModelState.MISSING  # a job without interpolation never fetches it
+    out = await h.worker.handle(job(interpolate=2, fps=12))
+    assert "error" not in out, out
+    assert (out["frames"], out["fps"]) == ((9 - 1) * 2 + 1, 24)
+    assert probe_mp4(base64.b64decode(out["video"])) == ("h264", 17, 64, 64, 24.0)
+    assert h.states()[rife] == ModelState.PRESENT and out["timings"]["interpolate"] > 0
+    assert ModelRole.INTERPOLATION not in h.engine.requests[-1].models
+    steps = [p for p in h.progress if p["stage"] == "interpolate"]
+    assert steps and steps[-1] == {"stage": "interpolate", "step": 8, "total": 8, "percent": 100.0}
+    assert h.worker.finisher.models.loads == 1
+    out = await h.worker.handle(job(interpolate=4))
+    assert out["frames"] == 33 and out["fps"] == 64 and h.worker.finisher.models.loads == 1  # kept loaded
 
 
 async def test_output_too_large(harness):
@@ -320,9 +362,9 @@ async def test_store_error_is_mapped(harness, tmp_path):
 
 
 async def test_unexpected_failure_is_internal_error(harness):
-    h = harness(StandInEngine(bad_path=True))  # claims a video it did not write
+    h = harness(StandInEngine(bad_frames=True))  # float frames: a broken engine
     out = await h.worker.handle(job())
-    assert out["error_code"] == "internal_error" and "delivery" in out["error"]
+    assert out["error_code"] == "internal_error" and "encoding" in out["error"]
 
 
 async def test_cancellation_reaches_the_engine_call(harness):
@@ -358,7 +400,10 @@ async def test_health_action(harness):
     await h.worker.start(prefetch=True)
     await h.worker.prefetch_task
     out = await h.worker.handle({"id": "h", "input": {"action": "health"}})
-    assert out["status"] == "ok" and all(m["state"] == "present" for m in out["models"])
+    # the prefetch leaves out the interpolation model (only jobs with interpolate > 1 fetch it)
+    assert out["status"] == "ok"
+    assert {m["role"]: m["state"] for m in out["models"]} == {
+        **{r.value: "present" for r in ModelRole}, ModelRole.INTERPOLATION.value: "missing"}
     assert not h.engine.requests  # health never generates
 
 
@@ -375,7 +420,8 @@ async def test_boot_starts_engine_and_prefetch_together_and_a_job_waits_for_it(h
     out = await h.worker.handle(job())  # may arrive while the prefetch is still running
     assert "error" not in out, out
     await h.worker.prefetch_task
-    assert all(s == ModelState.PRESENT for s in h.states().values())
+    rife = h.store.manifest.roles("tiny")[ModelRole.INTERPOLATION].name
+    assert all(s == ModelState.PRESENT for n, s in h.states().items() if n != rife)
     assert h.engine.starts == 1  # started once
     await h.worker.close()
     assert h.engine.closed
@@ -419,3 +465,20 @@ async def test_progress_is_throttled_and_ends_with_the_last_step(harness):
     assert sampling[-1] == {"stage": "sampling", "step": 100, "total": 100, "percent": 100.0}
     models = [p for p in h.progress if p["stage"] == "models"]
     assert models and all({"phase", "model", "done_bytes", "total_bytes"} <= set(p) for p in models)
+
+
+async def test_deadline_stops_the_interpolation_too(harness):
+    """The handler is the deadline's one owner: it also stops the worker's own stage (RIFE + encode,
+    on a thread) between two frame pairs, and names the stage."""
+    import time
+
+    h = harness(job_deadline_s=6)
+    await h.worker.start(prefetch=True)
+    await h.worker.prefetch_task
+    t0 = time.monotonic()
+    out = await h.worker.handle(job(interpolate=4, length=161))  # 160 pairs: minutes on this CPU
+    elapsed = time.monotonic() - t0
+    assert out["error_code"] == "timeout", out
+    assert out["details"]["stage"] == "interpolation"
+    assert elapsed < 6 + 15, f"the interpolation thread did not stop promptly ({elapsed:.1f}s)"
+    assert not list(h.settings.output_dir.glob("*")), "no partial file left behind"

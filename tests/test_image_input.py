@@ -338,7 +338,7 @@ def test_transparent_image_becomes_rgb_on_white():
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
-def test_large_image_is_downscaled_to_cover_the_video(fmt):
+def test_large_image_is_fitted_to_the_video_size(fmt):
     buf = io.BytesIO()
     Image.new("RGB", (1920, 1080), (20, 120, 220)).save(buf, fmt)
     seen = []
@@ -349,8 +349,8 @@ def test_large_image_is_downscaled_to_cover_the_video(fmt):
 
     out = decode_image(buf.getvalue(), "image_base64", size_for=size_for)
     assert seen == [(1920, 1080)] and (out.width, out.height) == (1920, 1080)  # the original's aspect
-    assert (out.png_width, out.png_height) == (854, 480)  # covers 848x480, aspect kept, no crop
-    assert Image.open(io.BytesIO(out.png)).size == (854, 480)
+    assert (out.png_width, out.png_height) == (848, 480)  # centre-cropped to the video's aspect, resized
+    assert Image.open(io.BytesIO(out.png)).size == (848, 480)
 
 
 def test_downscale_respects_exif_rotation():
@@ -363,9 +363,26 @@ def test_downscale_respects_exif_rotation():
     assert (out.png_width, out.png_height) == (320, 640)
 
 
-def test_small_image_is_not_upscaled():
+def test_small_image_is_upscaled_here_once_for_both_engines():
+    """The one start-image resize: an image smaller than the video leaves the worker at the video's
+    size, so neither engine resizes (ComfyUI's common_upscale and PIL's fit differ when upscaling)."""
     out = decode_image(png_bytes((40, 30)), "image_base64", size_for=lambda w, h: (832, 624))
-    assert (out.png_width, out.png_height) == (40, 30)
+    assert (out.png_width, out.png_height) == (832, 624)
+    assert Image.open(io.BytesIO(out.png)).size == (832, 624)
+
+
+def test_fit_centre_crops_to_the_target_aspect():
+    from i2v_worker.worker.image import fit_to
+
+    img = Image.new("RGB", (300, 100), (0, 0, 255))
+    for x in range(100, 200):  # a red middle third: what a centre crop to a square keeps
+        for y in range(100):
+            img.putpixel((x, y), (255, 0, 0))
+    out = fit_to(img, (64, 64))
+    assert out.size == (64, 64)
+    r, g, b = out.getpixel((32, 32))
+    assert r > 240 and b < 15
+    assert fit_to(img, (300, 100)) is img  # the video's size already: untouched
 
 
 def _self_signed(tmp_path, hostname: str):

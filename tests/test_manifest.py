@@ -39,10 +39,10 @@ def _toml(v) -> str:
 
 
 def _full_preset(**override) -> str:
-    """A valid preset: five entries, one per role; `override` maps role -> extra fields."""
+    """A valid preset: one entry per role; `override` maps role -> extra fields."""
     roles = {"high_noise": ("hi.gguf", "unet"), "low_noise": ("lo.gguf", "unet"),
              "text_encoder": ("te.safetensors", "text_encoders"), "vae": ("vae.safetensors", "vae"),
-             "lora": ("lora.safetensors", "loras")}
+             "lora": ("lora.safetensors", "loras"), "interpolation": ("rife.pth", "vfi")}
     out = PRESETS
     for role, (name, folder) in roles.items():
         fields = {"folder": folder, **override.get(role, {})}
@@ -75,7 +75,7 @@ def test_valid_manifest_maps_roles_and_aliases(tmp_path):
     assert roles[ModelRole.HIGH_NOISE].folder == "unet"  # alias -> canonical folder
     assert roles[ModelRole.TEXT_ENCODER].folder == "text_encoders"
     assert [e.name for e in m.preset("p")] == ["hi.gguf", "lo.gguf", "te.safetensors", "vae.safetensors",
-                                               "lora.safetensors"]
+                                               "lora.safetensors", "rife.pth"]
     assert m.get("vae.safetensors").role is ModelRole.VAE
     assert not m.get("vae.safetensors").pinned
 
@@ -205,17 +205,20 @@ NOTES_TABLE = {  # models.md, exactly
                                                6735906897, "c3355d30191f1f066b26d93fba017ae9809dce6c627dda5f6a66eaa651204f68"),
     "lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors": ("loras", "hf://Kijai/WanVideo_comfy@8260d429d19fd7a72304cad059160b95d843913f/Lightx2v/lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors",
                                                                         738005744, "85c4a61c30e0497aa44b91d93a893b624708461a56fe5485183b28fa07e2dfb3"),
+    # cccv 0.1.0's pin (config/vfi/rife_config.py) and model zoo URL; size unpinned (cccv has none)
+    "RIFE_IFNet_v426_heavy.pth": ("vfi", "https://github.com/EutropicAI/cccv/releases/download/model_zoo/RIFE_IFNet_v426_heavy.pth",
+                                  None, "4cc518e172156ad6207b9c7a43364f518832d83a4325d484240493a9e2980537"),
 }
 
 
 def test_production_manifest_matches_the_notes():
     m = load_manifest(None, env={})
     prod = m.preset("wan22-i2v-lightx2v")
-    assert len(prod) == 5
+    assert len(prod) == 6
     for e in prod:
         folder, source, size, sha = NOTES_TABLE[e.name]
         assert (e.folder, e.source, e.size, e.sha256) == (folder, source, size, sha), e.name
-        assert e.pinned == (sha is not None)
+        assert e.pinned == (size is not None and sha is not None)
     roles = m.roles("wan22-i2v-lightx2v")
     assert roles[ModelRole.HIGH_NOISE].name == "wan2.2_i2v_high_noise_14B_Q5_0.gguf"
     assert roles[ModelRole.LOW_NOISE].name == "wan2.2_i2v_low_noise_14B_Q5_0.gguf"
@@ -229,7 +232,7 @@ def test_tiny_preset_reads_its_folder_from_the_environment(tmp_path):
     assert {e.name for e in tiny.values()} == {
         "tiny_wan2.2_i2v_high_noise_Q5_0.gguf", "tiny_wan2.2_i2v_low_noise_Q5_0.gguf",
         "tiny_umt5_xxl_fp8_e4m3fn_scaled.safetensors", "tiny_wan_2.1_vae.safetensors",
-        "tiny_lightx2v_lora.safetensors"}
+        "tiny_lightx2v_lora.safetensors", "tiny_rife_ifnet_v426_heavy.pth"}
     for e in tiny.values():
         assert e.sources() == [f"file://{tmp_path}/{e.name}"] and not e.pinned
     assert tiny[ModelRole.HIGH_NOISE].config == "tiny" and tiny[ModelRole.LOW_NOISE].config == "tiny"

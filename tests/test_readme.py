@@ -23,10 +23,12 @@ CLI = [sys.executable, "-m", "i2v_worker"]
 
 
 def _tables() -> dict[str, str]:
+    from i2v_worker.error_codes import troubleshooting_table
     from i2v_worker.worker.cli import settings_table
     from i2v_worker.worker.schema import input_markdown_table
 
-    return {"settings-table": settings_table(), "input-table": input_markdown_table()}
+    return {"settings-table": settings_table(), "input-table": input_markdown_table(),
+            "errors-table": troubleshooting_table()}
 
 
 def _with_tables(text: str) -> str:

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.timeout(180)
 
 MB = 2**20
 TINY = ["tiny_wan2.2_i2v_high_noise_Q5_0.gguf", "tiny_wan2.2_i2v_low_noise_Q5_0.gguf",
-        "tiny_umt5_xxl_fp8_e4m3fn_scaled.safetensors", "tiny_wan_2.1_vae.safetensors", "tiny_lightx2v_lora.safetensors"]
+        "tiny_umt5_xxl_fp8_e4m3fn_scaled.safetensors", "tiny_wan_2.1_vae.safetensors", "tiny_lightx2v_lora.safetensors",
+        "tiny_rife_ifnet_v426_heavy.pth"]
 
 
 @pytest.fixture

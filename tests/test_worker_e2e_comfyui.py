@@ -214,6 +214,28 @@ async def test_base64_job_returns_an_h264_mp4_with_seed_and_timings(e2e: E2E):
     assert list((e2e.tmp / "out").glob("*.mp4")) == [], "the worker keeps no local copy after delivery"
 
 
+async def test_interpolated_webm_job_end_to_end(e2e: E2E):
+    """interpolate 2 + webm on the real ComfyUI: (frames-1)*2+1 frames at 2*fps in a VP9 WebM; the
+    tiny RIFE model comes through the store (fetched by this job, not before)."""
+    import av
+
+    progress: list[dict] = []
+    result = await handle(e2e.settings(), {"id": "e2e-rife", "input": job_input(interpolate=2,
+                                                                                 output={"format": "webm"})}, progress)
+    assert_ok(result)
+    assert (result["mime_type"], result["format"]) == ("video/webm", "webm")
+    assert (result["frames"], result["fps"]) == ((LENGTH - 1) * 2 + 1, FPS * 2)
+    assert result["timings"]["interpolate"] > 0 and result["timings"]["encode"] > 0
+    path = e2e.tmp / "result.webm"
+    path.write_bytes(base64.b64decode(result["video"]))
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        assert s.codec_context.name == "vp9" and sum(1 for _ in c.decode(s)) == (LENGTH - 1) * 2 + 1
+    assert e2e.model_path(ModelRole.INTERPOLATION).is_file()
+    steps = [p for p in progress if p.get("stage") == "interpolate"]
+    assert steps and steps[-1]["step"] == steps[-1]["total"] == LENGTH - 1
+
+
 async def test_image_url_job_on_loopback_with_the_test_only_setting(e2e: E2E):
     with image_http_server(png(128, 96, (30, 30, 220))) as url:
         result = await handle(e2e.settings(allow_loopback_images=True),
@@ -300,7 +322,8 @@ async def test_supervised_boot_prefetches_while_comfyui_starts_then_serves_a_job
         proc = worker.engine.process
         await asyncio.wait_for(asyncio.shield(worker.prefetch_task), 120)
         assert all(s.state == ModelState.PRESENT for s in worker.store.status()
-                   if s.name in {e.name for e in worker.store.manifest.roles("tiny").values()})
+                   if s.name in {e.name for r, e in worker.store.manifest.roles("tiny").items()
+                       if r is not ModelRole.INTERPOLATION})  # RIFE waits for a job that asks for it
         result = await worker.handle({"id": "e2e-supervised", "input": job_input()})
         check_base64_result(result, tmp_path)
         health = await worker.handle({"id": "h", "input": {"action": "health"}})

@@ -16,6 +16,7 @@ from PIL import Image
 from i2v_worker.config import Settings
 from i2v_worker.engines.base import GenerationRequest, ModelRole
 from i2v_worker.engines.comfyui import ComfyUIEngine
+from i2v_worker.engines.comfyui.graph import OUTPUT_NODE
 from tests.support.comfyui import ComfyUIServer, _free_port
 
 # Child environment of the test ComfyUI: strictly offline.
@@ -77,7 +78,7 @@ class EngineEnv:
         with self.http() as h:
             for entry in h.get("/history").json().values():
                 graph = entry.get("prompt", [None, None, {}])[2]
-                prefix = (graph.get("save_video") or {}).get("inputs", {}).get("filename_prefix", "")
+                prefix = (graph.get(OUTPUT_NODE) or {}).get("inputs", {}).get("filename_prefix", "")
                 if f"/{job_id}-" in prefix:
                     return entry
         return None

@@ -52,8 +52,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=int, help="default 16")
     p.add_argument("--steps", type=int, help="default 4")
     p.add_argument("--seed", type=int, help="default: random (always returned)")
+    p.add_argument("--interpolate", type=int, choices=[1, 2, 4],
+                   help="RIFE frame interpolation factor: (length-1)*k+1 frames at k*fps (default 1, off)")
     p.add_argument("--delivery", choices=["auto", "base64", "url"], help="how the worker returns the video (default auto)")
-    p.add_argument("--out", type=Path, default=Path("video.mp4"), help="where to save the MP4 (default video.mp4)")
+    p.add_argument("--format", choices=["mp4", "webm", "gif"], help="file format (default mp4)")
+    p.add_argument("--quality", type=int, help="crf-like, lower is better (mp4 0..51 default 19, webm 0..63 default 31)")
+    p.add_argument("--out", type=Path, default=Path("video.mp4"), help="where to save the video (default video.mp4)")
     p.add_argument("--execution-timeout", type=float, metavar="SECONDS",
                    help="RunPod execution timeout for this job (policy.executionTimeout), e.g. 1800 for a first "
                    "job that downloads the ~27 GB of models; default: the endpoint's setting")
@@ -84,7 +88,9 @@ def _job_input(args: argparse.Namespace) -> dict[str, Any]:
         fps=args.fps,
         steps=args.steps,
         seed=args.seed,
-        output={"delivery": args.delivery} if args.delivery else None,
+        interpolate=args.interpolate,
+        output={k: v for k, v in (("delivery", args.delivery), ("format", args.format), ("quality", args.quality))
+                if v is not None} or None,
     )
 
 

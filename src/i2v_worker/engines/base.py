@@ -2,8 +2,11 @@
 
 The worker validates a job, fetches and re-encodes the image, makes sure the models the request
 needs are in the store, and then hands an engine a `GenerationRequest`. The engine returns a
-`GeneratedVideo` (an MP4 on local disk) or raises `EngineError` with a readable message. Engines
-never read the environment and never download anything.
+`GeneratedVideo` (the decoded frames, lossless: uint8 RGB) or raises `EngineError` with a readable
+message. The worker then interpolates (when asked) and encodes the file with the one encoder
+(`i2v_worker.video`), so both engines' outputs go through the same code. Engines never read the
+environment, never download anything and run no timer of their own: the worker owns the job's
+deadline and stops an engine by cancelling the task that awaits `generate` (see `Engine`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol, runtime_checkable
+
+from i2v_worker.error_codes import ErrorCode
 
 
 class ModelRole(str, enum.Enum):
@@ -22,6 +27,9 @@ class ModelRole(str, enum.Enum):
     TEXT_ENCODER = "text_encoder"  # UMT5-XXL fp8-scaled, with embedded SentencePiece model
     VAE = "vae"  # Wan 2.1 VAE
     LORA = "lora"  # lightx2v step-distill LoRA, applied to both experts
+    # Not a graph slot: RIFE frame interpolation, run by the worker on the engine's frames (only
+    # for jobs with interpolate > 1; never prefetched, never handed to an engine).
+    INTERPOLATION = "interpolation"
 
 
 @dataclass(frozen=True)
@@ -38,7 +46,7 @@ class JobLora:
 @dataclass(frozen=True)
 class GenerationRequest:
     job_id: str
-    image_png: bytes  # the input image, already decoded, EXIF-rotated and re-encoded as PNG
+    image_png: bytes  # the start image: decoded, EXIF-rotated, fitted to width x height (the worker's one resize), PNG
     prompt: str
     negative_prompt: str
     width: int
@@ -73,22 +81,36 @@ class EngineProgress:
 
 @dataclass
 class GeneratedVideo:
-    path: Path  # the MP4 on local disk (the worker deletes it after delivery)
-    width: int
-    height: int
-    frames: int
+    """The engine's result before any lossy step: `pixels` is a (T, H, W, 3) uint8 RGB numpy array,
+    converted from the decoder's floats with `i2v_worker.video.frames.to_uint8` (ComfyUI's rule)."""
+
+    pixels: Any
     fps: int
-    timings: dict[str, float] = field(default_factory=dict)  # engine-side: queue, inference, encode (s)
+    timings: dict[str, float] = field(default_factory=dict)  # engine-side: queue, inference, ... (s)
+
+    @property
+    def frames(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[2])
 
 
 class EngineError(Exception):
     """A failure the user sees: `message` is one readable line, `details` carries the rest.
 
-    `code` is the worker's `error_code` (engine_error, engine_unavailable, timeout, cancelled,
-    model_error); `log_tail` holds the last lines of the engine's log when it crashed.
+    `code` is the worker's `error_code` (an ErrorCode: engine_error, engine_unavailable,
+    engine_crashed, invalid_graph, cancelled, model_error); `log_tail` holds the last lines of the
+    engine's log when it crashed.
     """
 
-    def __init__(self, message: str, *, code: str = "engine_error", details: Any = None, log_tail: str | None = None):
+    def __init__(self, message: str, *, code: ErrorCode = ErrorCode.ENGINE_ERROR, details: Any = None,
+                 log_tail: str | None = None):
         super().__init__(message)
         self.message = message
         self.code = code
@@ -108,7 +130,8 @@ class Engine(Protocol):
 
     async def generate(self, request: GenerationRequest, progress: ProgressFn) -> GeneratedVideo:
         """Run one job. Cancelling the awaiting task interrupts the engine's work for this job
-        (ComfyUI `/interrupt`, diffusers between steps) before CancelledError propagates."""
+        (ComfyUI `/interrupt`, diffusers between steps) before CancelledError propagates. That is
+        the only stop signal: the caller (the worker's deadline, RunPod's cancel) owns the time."""
 
     async def health(self) -> dict[str, Any]:
         """Readiness, versions and device, without generating."""

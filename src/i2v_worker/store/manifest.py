@@ -48,8 +48,9 @@ FOLDER_ALIASES: dict[str, str] = {
     "clip": "text_encoders",
     "vae": "vae",
     "loras": "loras",
+    "vfi": "vfi",  # frame interpolation (RIFE), loaded by the worker itself
 }
-FOLDERS: tuple[str, ...] = ("unet", "text_encoders", "vae", "loras")
+FOLDERS: tuple[str, ...] = ("unet", "text_encoders", "vae", "loras", "vfi")
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")

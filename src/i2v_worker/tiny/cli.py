@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tiny_sub = tiny.add_subparsers(dest="tiny_command", metavar="SUBCOMMAND")
     gen = tiny_sub.add_parser(
         "generate",
-        help="write the five tiny model files (Q5_0 GGUF experts, VAE, fp8-scaled UMT5, LoRA) into --out",
+        help="write the tiny model files (Q5_0 GGUF experts, VAE, fp8-scaled UMT5, LoRA, RIFE) into --out",
     )
     gen.add_argument("--out", required=True, type=Path, help="folder to write into (created if missing)")
     gen.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical files")

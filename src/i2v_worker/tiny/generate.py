@@ -1,4 +1,4 @@
-"""Write tiny, random-weight stand-ins of the five production files, in their real formats.
+"""Write tiny, random-weight stand-ins of the production model files, in their real formats.
 
 Every file keeps the exact key layout and storage format of its production counterpart (see
 ../shared/notes/models.md and comfyui.md), only the sizes shrink:
@@ -15,7 +15,9 @@ Every file keeps the exact key layout and storage format of its production count
   `spiece_model` (trained in memory here), d_model 4096, d_ff 8, d_kv 8, 1 head, 2 layers, plus a
   dummy `encoder.block.23.layer.1.DenseReluDense.wi_1.weight` so loaders detect a UMT5-XXL file;
 - the lightx2v LoRA in Kijai's layout (lora_down/lora_up, alpha, diff_b, incl. the k_img/v_img keys
-  that Wan2.2 lacks), rank 4, bf16.
+  that Wan2.2 lacks), rank 4, bf16;
+- RIFE IFNet v4.26 heavy for frame interpolation: cccv's architecture at its one (full) size with
+  random weights, as a torch pickle with `module.`-prefixed keys like the public checkpoint.
 
 Weights are drawn with numpy from a fixed seed, so the same seed gives byte-identical files. Files
 are written to a temp name in the target folder and renamed into place (atomic); existing files
@@ -52,6 +54,7 @@ TINY_FILES: dict[ModelRole, str] = {
     ModelRole.VAE: "tiny_wan_2.1_vae.safetensors",
     ModelRole.TEXT_ENCODER: "tiny_umt5_xxl_fp8_e4m3fn_scaled.safetensors",
     ModelRole.LORA: "tiny_lightx2v_lora.safetensors",
+    ModelRole.INTERPOLATION: "tiny_rife_ifnet_v426_heavy.pth",
 }
 
 # Per-role sub-seeds, so the two experts (and every file) draw different weights from one seed.
@@ -61,6 +64,7 @@ _ROLE_SEED = {
     ModelRole.VAE: 3,
     ModelRole.TEXT_ENCODER: 4,
     ModelRole.LORA: 5,
+    ModelRole.INTERPOLATION: 6,
 }
 
 _Q5_0_BLOCK = 32  # elements per Q5_0 block: the last dim must be a multiple of it
@@ -156,7 +160,7 @@ _CORPUS = (
 def generate_tiny_models(
     out_dir: Path, *, seed: int = 0, force: bool = False, spec: TinySpec = TinySpec()
 ) -> dict[ModelRole, Path]:
-    """Write the five tiny files into `out_dir` (created if needed); return role -> path.
+    """Write the tiny files into `out_dir` (created if needed); return role -> path.
 
     Files already present are kept (idempotent) unless `force`; writes are atomic.
     """
@@ -186,6 +190,7 @@ def generate_models(
         ModelRole.VAE: lambda p, rng: _write_vae(p, spec, rng),
         ModelRole.TEXT_ENCODER: lambda p, rng: _write_umt5(p, spec, rng),
         ModelRole.LORA: lambda p, rng: _write_lora(p, spec, rng),
+        ModelRole.INTERPOLATION: lambda p, rng: _write_rife(p, rng),
     }
     paths: dict[ModelRole, Path] = {}
     for role, name in names.items():
@@ -686,6 +691,35 @@ def _random_chunks(payload: "_Payload", dtype: str, p: Planned) -> Iterable[np.n
         else:
             raise ValueError(f"no random payload for {dtype}")
         yield chunk
+
+
+def rife_tensors(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """cccv's IFNet (RIFE v4.26 heavy; the architecture has no size knobs, so this is full size,
+    about 23 MB) with random weights: std 1/sqrt(fan_in) for weights, small biases, the ResConv
+    `beta` scales near 1 (as initialised)."""
+    from cccv.arch.vfi.ifnet_arch import IFNet
+
+    out: dict[str, np.ndarray] = {}
+    for name, t in IFNet().state_dict().items():
+        shape = tuple(t.shape)
+        if name.endswith(".beta"):
+            out[name] = (1.0 + _normal(rng, shape, 0.01)).astype(np.float32)
+        elif name.endswith(".bias") or len(shape) < 2:
+            out[name] = _normal(rng, shape, 0.01)
+        else:
+            fan_in = int(np.prod(shape[1:]))
+            out[name] = _normal(rng, shape, 1.0 / np.sqrt(fan_in))
+    return out
+
+
+def _write_rife(path: Path, rng: np.random.Generator) -> None:
+    """The public RIFE checkpoints' layout: a torch pickle of the state dict, keys prefixed `module.`
+    (a DataParallel save), float32."""
+    import torch
+
+    state = {f"module.{k}": torch.from_numpy(v) for k, v in rife_tensors(rng).items()}
+    with open(path, "wb") as f:
+        torch.save(state, f)
 
 
 # ---------------------------------------------------------------------------------------------

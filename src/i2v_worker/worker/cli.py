@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run one job locally and write its MP4",
                        description="Runs exactly one job through the worker's handler. JOB is a JSON string "
                        '({"input": {...}}, as the runpod SDK takes it) or the path of a JSON file. A base64 '
-                       "result is written to I2V_OUTPUT_DIR/<job id>.mp4. Exit status 1 when the job fails.")
+                       "result is written to I2V_OUTPUT_DIR/<job id>.<mp4|webm|gif>. Exit status 1 when the job fails.")
     p.add_argument("--test_input", "--test-input", dest="test_input", required=True, metavar="JOB",
                    help="job JSON, or a path to a JSON file (e.g. examples/job.json)")
     p.add_argument("--json", action="store_true", help="print the whole result as JSON (video data elided)")
@@ -91,7 +91,10 @@ def report_result(job: dict, result: dict, output_dir: Path, *, as_json: bool = 
     if "video" in result and not result.get("error"):
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        path = output_dir / f"{job['id']}.mp4"
+        from i2v_worker.video.encode import FORMATS
+
+        ext = next((s.extension for s in FORMATS.values() if s.mime_type == result.get("mime_type")), ".mp4")
+        path = output_dir / f"{job['id']}{ext}"
         path.write_bytes(base64.b64decode(result["video"]))
     shown = {k: (f"<{len(v)} base64 chars>" if k == "video" else v) for k, v in result.items()}
     if as_json:

@@ -16,15 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from i2v_worker.config import Settings
+from i2v_worker.error_codes import ErrorCode
 
-MIME_TYPE = "video/mp4"
+MIME_TYPE = "video/mp4"  # default; the result's mime_type (from video.encode.FORMATS) wins
 BUCKET_VARS = "BUCKET_ENDPOINT_URL, BUCKET_ACCESS_KEY_ID and BUCKET_SECRET_ACCESS_KEY"
 
 
 class DeliveryError(Exception):
     """`code`: output_too_large, upload_failed, invalid_input (url delivery without a bucket)."""
 
-    def __init__(self, code: str, message: str, details: Any = None):
+    def __init__(self, code: ErrorCode, message: str, details: Any = None):
         super().__init__(message)
         self.code, self.message, self.details = code, message, details
 
@@ -37,7 +38,7 @@ def check_delivery_possible(delivery: str, settings: Settings) -> None:
     """Fail before any work when the requested delivery cannot happen."""
     if delivery == "url" and not bucket_configured(settings):
         raise DeliveryError(
-            "invalid_input",
+            ErrorCode.INVALID_INPUT,
             f'output.delivery is "url" but no bucket is configured: set {BUCKET_VARS} (and BUCKET_NAME) '
             'on the endpoint, or use delivery "auto" or "base64"',
             details=[{"field": "output.delivery", "rule": "bucket_not_configured",
@@ -66,8 +67,9 @@ def s3_client(settings: Settings) -> Any:
     )
 
 
-def upload_video(path: Path, job_id: str, settings: Settings, client: Any = None) -> str:
-    """Upload the MP4 as `<job id>/<file name>` and return a presigned GET URL (blocking: run in a thread)."""
+def upload_video(path: Path, job_id: str, settings: Settings, client: Any = None, mime_type: str = MIME_TYPE) -> str:
+    """Upload the video as `<job id>/<file name>` (the encoder's extension) with its ContentType and
+    return a presigned GET URL (blocking: run in a thread)."""
     from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -75,16 +77,16 @@ def upload_video(path: Path, job_id: str, settings: Settings, client: Any = None
     key = f"{_safe_key_part(job_id)}/{path.name}"
     bucket = settings.bucket_name
     try:
-        client.upload_file(str(path), bucket, key, ExtraArgs={"ContentType": MIME_TYPE})
+        client.upload_file(str(path), bucket, key, ExtraArgs={"ContentType": mime_type})
         url = client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
                                             ExpiresIn=settings.url_expiry_s)
     except (Boto3Error, BotoCoreError, ClientError) as exc:
         raise DeliveryError(
-            "upload_failed",
+            ErrorCode.UPLOAD_FAILED,
             f"uploading the video to s3://{bucket}/{key} at {settings.bucket_endpoint_url} failed: {exc} "
             f"(check {BUCKET_VARS}, BUCKET_NAME and that the bucket exists)") from None
     if not url.startswith(("https://", "http://")):  # never hand out something that is not a URL
-        raise DeliveryError("upload_failed", f"the bucket client returned {url!r}, which is not an http(s) URL")
+        raise DeliveryError(ErrorCode.UPLOAD_FAILED, f"the bucket client returned {url!r}, which is not an http(s) URL")
     return url
 
 
@@ -96,7 +98,7 @@ def encode_base64_result(path: Path, result: dict[str, Any], limit: int) -> dict
     """`result` plus `video` (base64), refused when the whole JSON result would exceed `limit` bytes."""
     size = path.stat().st_size
     too_large = DeliveryError(
-        "output_too_large",
+        ErrorCode.OUTPUT_TOO_LARGE,
         f"the video is {size / 2**20:.1f} MiB ({(size + 2) // 3 * 4 / 2**20:.1f} MiB as base64), over the inline "
         f"limit of {limit / 2**20:.1f} MiB (I2V_MAX_BASE64_BYTES): configure a bucket ({BUCKET_VARS}) to "
         "receive videos as URLs, or ask for fewer frames or a smaller size",
@@ -115,7 +117,7 @@ def deliver(path: Path, job_id: str, delivery: str, result: dict[str, Any], sett
     check_delivery_possible(delivery, settings)
     if delivery == "url" or (delivery == "auto" and bucket_configured(settings)):
         t0 = clock()
-        url = upload_video(path, job_id, settings, client)
+        url = upload_video(path, job_id, settings, client, result.get("mime_type", MIME_TYPE))
         out = dict(result, video_url=url)
         out.setdefault("timings", {})["upload"] = round(clock() - t0, 4)
         return out

@@ -1,8 +1,14 @@
-"""The job handler: validate -> image -> models -> engine -> delivery, with progress and timings.
+"""The job handler: validate -> image -> models -> engine -> interpolate + encode -> delivery,
+with progress and timings.
 
 `Worker(settings, store, engine)` holds everything a job needs; `await worker.handle(job)` never
 raises (except CancelledError, which it re-raises after the engine stopped): every failure becomes
-`{"error", "error_code", "details"}` with a readable message.
+`{"error", "error_code", "details"}` with a readable message (`error_code`: an ErrorCode).
+
+The job's deadline (I2V_JOB_DEADLINE_S) has one owner: `handle` here. Nothing below it runs a
+timer; when the deadline passes, the task running the job is cancelled, which interrupts whatever
+stage it is in (a download, ComfyUI, the diffusers sampling loop, the interpolation) and the job
+fails with `timeout`, naming that stage.
 """
 
 from __future__ import annotations
@@ -21,11 +27,13 @@ from typing import Any, Callable
 from i2v_worker import __version__
 from i2v_worker.config import Settings
 from i2v_worker.engines.base import Engine, EngineError, EngineProgress, GenerationRequest, JobLora, ModelRole
+from i2v_worker.error_codes import ErrorCode
 from i2v_worker.logs import Throttle, log
 from i2v_worker.store.errors import (DiskFullError, DownloadError, LeaseTimeout, ManifestError, OfflineError,
                                      StoreError)
 from i2v_worker.store.types import ModelState, ProgressEvent
 from i2v_worker.worker.delivery import DeliveryError, check_delivery_possible, deliver
+from i2v_worker.worker.finish import InterpolationError, VideoFinisher
 from i2v_worker.worker.image import (MAX_PIXELS, ImageInputError, PreparedImage, Resolver, decode_base64, decode_image,
                                      fetch_image)
 from i2v_worker.worker.schema import RANDOM_SEED_MAX, InvalidInput, JobInput, parse_job_input, resolve_size
@@ -43,7 +51,7 @@ def _no_progress(job: dict, payload: dict) -> None:
     return None
 
 
-def error_output(code: str, message: str, details: Any = None) -> dict[str, Any]:
+def error_output(code: ErrorCode, message: str, details: Any = None) -> dict[str, Any]:
     out: dict[str, Any] = {"error": message, "error_code": code}
     if details is not None:
         out["details"] = details
@@ -80,6 +88,7 @@ class Worker:
         self._engine_started = False
         self._engine_lock: asyncio.Lock | None = None
         self.prefetch_task: asyncio.Task | None = None
+        self.finisher = VideoFinisher(settings.device)
 
     # --- lifecycle --------------------------------------------------------------------------------
     async def start(self, *, prefetch: bool | None = None) -> None:
@@ -93,7 +102,8 @@ class Worker:
         await self._ensure_engine_started()
 
     async def _prefetch(self) -> None:
-        names = [e.name for e in self._preset_roles().values()]
+        # The interpolation model is only fetched by a job that asks for it (like a LoRA at 0/0).
+        names = [e.name for role, e in self._preset_roles().items() if role is not ModelRole.INTERPOLATION]
         t0 = self._clock()
         log(logger, logging.INFO, "prefetch started", preset=self.settings.preset, models=len(names))
         try:
@@ -157,7 +167,7 @@ class Worker:
                 log(logger, logging.WARNING, "job deadline passed", job=job_id, stage=stage["name"],
                     deadline_s=self.settings.job_deadline_s)
                 return error_output(
-                    "timeout", f"the job did not finish within {self.settings.job_deadline_s:g} s "
+                    ErrorCode.TIMEOUT, f"the job did not finish within {self.settings.job_deadline_s:g} s "
                     f"(I2V_JOB_DEADLINE_S): it was stopped during {stage['name']}. Raise the deadline, or ask for "
                     "fewer frames or steps", {"stage": stage["name"], "deadline_s": self.settings.job_deadline_s})
         except InvalidInput as exc:
@@ -172,7 +182,7 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - nothing raises out of the handler
             logger.error("internal error", exc_info=True,
                          extra={"fields": {"job": job_id, "stage": stage["name"], "error": f"{type(exc).__name__}: {exc}"}})
-            return error_output("internal_error", f"internal error during {stage['name']}: {type(exc).__name__}: {exc}",
+            return error_output(ErrorCode.INTERNAL_ERROR, f"internal error during {stage['name']}: {type(exc).__name__}: {exc}",
                                 {"stage": stage["name"]})
         finally:
             release = stage.pop("release", None)  # the job's LoRAs may be evicted again
@@ -187,7 +197,6 @@ class Worker:
         stage["name"] = "image"
         t = self._clock()
         image = await self._load_image(inp)
-        timings["image"] = round(self._clock() - t, 4)
         width, height = resolve_size(inp, image.width, image.height)
         end_image = await self._load_end_image(inp, width, height)
         timings["image"] = round(self._clock() - t, 4)
@@ -215,6 +224,7 @@ class Worker:
         timings["engine_start"] = round(self._clock() - t, 4)  # time this job waited for the engine to start
 
         stage["name"] = "generation"
+        interpolation_model = models.pop(ModelRole.INTERPOLATION, None)  # the worker's, not the engine's
         request = GenerationRequest(
             job_id=job_id, image_png=image.png, prompt=inp.prompt, negative_prompt=inp.negative_prompt,
             width=width, height=height, length=inp.length, fps=inp.fps, steps=inp.steps,
@@ -239,32 +249,49 @@ class Worker:
             video = await self.engine.generate(request, on_engine_progress)
         except EngineError as exc:
             raise _JobFailed(self._engine_error(exc)) from None
+        for key in ("queue", "inference"):
+            timings[key] = round(float(video.timings.get(key, 0.0)), 4)
+        stage["name"] = "interpolation" if inp.interpolate > 1 else "encoding"
         try:
-            for key in ("queue", "inference", "encode"):
-                timings[key] = round(float(video.timings.get(key, 0.0)), 4)
+            finished = await self.finisher.finish(
+                video, job_id=job_id, output_dir=Path(self.settings.output_dir), factor=inp.interpolate,
+                format=inp.output.format, quality=inp.output.quality,
+                interpolation_model=interpolation_model[1] if interpolation_model else None,
+                emit=lambda p: sink(job, p) if step_throttle.ready(force=p.get("step") == p.get("total")) else None)
+        except InterpolationError as exc:
+            raise _JobFailed(error_output(exc.code, exc.message, {"model": interpolation_model[0]}
+                                          if interpolation_model else None)) from None
+        encoded = finished.video
+        timings["interpolate"] = round(finished.interpolate_s, 4)
+        timings["encode"] = round(finished.encode_s, 4)
+        try:
             stage["name"] = "delivery"
             result: dict[str, Any] = {
-                "mime_type": "video/mp4", "seed": seed, "width": video.width, "height": video.height,
-                "frames": video.frames, "fps": video.fps, "timings": timings,
+                "mime_type": encoded.mime_type, "format": encoded.format.value, "seed": seed, "width": encoded.width,
+                "height": encoded.height, "frames": encoded.frames, "fps": encoded.fps, "timings": timings,
             }
             if warnings:
                 result["warnings"] = list(warnings)
             timings.setdefault("upload", 0.0)
             timings["total"] = round(self._clock() - t0, 4)
-            out = await asyncio.to_thread(deliver, Path(video.path), job_id, inp.delivery, result, self.settings,
+            out = await asyncio.to_thread(deliver, encoded.path, job_id, inp.delivery, result, self.settings,
                                           self._s3_client, self._clock)
             timings["total"] = round(self._clock() - t0, 4)
         finally:
-            Path(video.path).unlink(missing_ok=True)
-        log(logger, logging.INFO, "job done", job=job_id, seed=seed, size=f"{video.width}x{video.height}",
-            frames=video.frames, delivery="url" if "video_url" in out else "base64", **timings)
+            encoded.path.unlink(missing_ok=True)
+        log(logger, logging.INFO, "job done", job=job_id, seed=seed, size=f"{encoded.width}x{encoded.height}",
+            frames=encoded.frames, format=encoded.format.value, delivery="url" if "video_url" in out else "base64",
+            **timings)
         return out
 
     def required_models(self, inp: JobInput) -> dict[ModelRole, Any]:
-        """role -> manifest entry for exactly what this job's graph needs (no LoRA at strengths 0/0)."""
+        """role -> manifest entry for exactly what this job needs (no LoRA at strengths 0/0, no
+        interpolation model unless interpolate > 1)."""
         roles = dict(self._preset_roles())
         if inp.lora_strength_high == 0 and inp.lora_strength_low == 0:
             roles.pop(ModelRole.LORA, None)
+        if inp.interpolate == 1:
+            roles.pop(ModelRole.INTERPOLATION, None)
         return roles
 
     def _preset_roles(self) -> dict[ModelRole, Any]:
@@ -341,7 +368,7 @@ class Worker:
         try:
             prepared = await self.job_lora_store().prepare(requests, progress=progress)
         except JobLoraError as exc:
-            if exc.code == "invalid_input":
+            if exc.code == ErrorCode.INVALID_INPUT:
                 raise InvalidInput([_detail(exc.field, exc.rule, str(exc))]) from None
             log(logger, logging.ERROR, "job LoRAs unavailable", job=job_id, code=exc.code, error=str(exc))
             raise _JobFailed(error_output(exc.code, str(exc), {"field": exc.field, "rule": exc.rule})) from None
@@ -452,11 +479,11 @@ def _task_state(task: asyncio.Task | None) -> str:
 
 def store_error_output(exc: StoreError, names: list[str]) -> dict[str, Any]:
     """Store failures -> error dicts that say which model and what to do."""
-    code = ("models_offline" if isinstance(exc, OfflineError) else
-            "disk_full" if isinstance(exc, DiskFullError) else
-            "models_busy" if isinstance(exc, LeaseTimeout) else
-            "model_download_failed" if isinstance(exc, DownloadError) else
-            "model_error" if isinstance(exc, ManifestError) else "models_unavailable")
+    code = (ErrorCode.MODELS_OFFLINE if isinstance(exc, OfflineError) else
+            ErrorCode.DISK_FULL if isinstance(exc, DiskFullError) else
+            ErrorCode.MODELS_BUSY if isinstance(exc, LeaseTimeout) else
+            ErrorCode.MODEL_DOWNLOAD_FAILED if isinstance(exc, DownloadError) else
+            ErrorCode.MODEL_ERROR if isinstance(exc, ManifestError) else ErrorCode.MODELS_UNAVAILABLE)
     details: dict[str, Any] = {"models": names}
     if exc.model:
         details["model"] = exc.model

@@ -46,7 +46,7 @@ class ImageInputError(Exception):
 
 @dataclass(frozen=True)
 class PreparedImage:
-    png: bytes  # RGB, EXIF orientation applied, re-encoded as PNG (downscaled, see decode_image)
+    png: bytes  # RGB, EXIF orientation applied, fitted to the video size (see decode_image), PNG
     width: int  # the original size after EXIF rotation: what the video's aspect ratio follows
     height: int
     source_format: str  # PNG, JPEG, ... as Pillow identified it
@@ -93,11 +93,12 @@ def decode_base64(value: str, field: str, max_bytes: int) -> bytes:
 def decode_image(data: bytes, field: str, max_pixels: int = MAX_PIXELS, size_for: SizeFor | None = None) -> PreparedImage:
     """Decode with Pillow under a pixel cap, apply EXIF orientation, convert to RGB, re-encode PNG.
 
-    With `size_for` (oriented size -> the video's size), an image larger than the video is
-    downscaled to the smallest size that still COVERS the video (aspect kept, no cropping): the
-    engines resize the start image to the video size with a centre crop anyway, so the result is
-    the same while decoding (JPEG draft mode), encoding and uploading get several times cheaper
-    for photo-sized inputs.
+    With `size_for` (oriented size -> the video's size), the image is fitted to exactly the video
+    size here: centre-cropped to the video's aspect and resized with Lanczos (`fit_to`). This is
+    THE start-image resize: both engines get an image of the video's size, so ComfyUI's
+    common_upscale and the diffusers engine's fit are the identity and cannot disagree (they did
+    for images smaller than the video). Large JPEGs decode in draft mode at the smallest scale
+    that still covers the video.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -113,7 +114,8 @@ def decode_image(data: bytes, field: str, max_pixels: int = MAX_PIXELS, size_for
                                       f"image declares {w}x{h} = {w * h} pixels, over the limit of {max_pixels}")
             rotated = img.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientations that swap the axes
             ow, oh = (h, w) if rotated else (w, h)
-            cover = _cover_size(ow, oh, size_for(ow, oh)) if size_for else None
+            target = size_for(ow, oh) if size_for else None
+            cover = _cover_size(ow, oh, target) if target else None
             if cover is not None and fmt == "JPEG":
                 img.draft("RGB", (cover[1], cover[0]) if rotated else cover)  # decode at 1/2, 1/4, 1/8 scale
             img.load()
@@ -124,8 +126,8 @@ def decode_image(data: bytes, field: str, max_pixels: int = MAX_PIXELS, size_for
                 rgb.paste(rgba, mask=rgba.getchannel("A"))
             else:
                 rgb = img.convert("RGB")
-            if cover is not None and (rgb.width > cover[0] or rgb.height > cover[1]):
-                rgb = rgb.resize(cover, Image.Resampling.LANCZOS, reducing_gap=2.0)
+            if target is not None:
+                rgb = fit_to(rgb, target)
             out = io.BytesIO()
             # Level 0: the PNG only travels to the engine on this machine; zlib would cost more than it saves.
             rgb.save(out, "PNG", compress_level=0)
@@ -139,6 +141,25 @@ def decode_image(data: bytes, field: str, max_pixels: int = MAX_PIXELS, size_for
     except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated or corrupt files
         raise ImageInputError(field, "corrupt_image", f"image could not be decoded: {exc}") from None
     return PreparedImage(out.getvalue(), ow, oh, fmt, rgb.width, rgb.height)
+
+
+def fit_to(img, size: tuple[int, int]):
+    """Centre-crop `img` (a PIL image) to the aspect of `size` and resize it to `size` (Lanczos) in
+    one resampling step (PIL's resize with a sub-pixel box); the same size is returned unchanged."""
+    from PIL import Image
+
+    sw, sh = img.size
+    tw, th = size
+    if (sw, sh) == (tw, th):
+        return img
+    if sw * th > tw * sh:  # wider than the target: crop left and right
+        cw = sh * tw / th
+        box = ((sw - cw) / 2, 0.0, (sw + cw) / 2, float(sh))
+    else:  # taller (or the same aspect): crop top and bottom
+        ch = sw * th / tw
+        box = (0.0, (sh - ch) / 2, float(sw), (sh + ch) / 2)
+    downscale = tw < sw or th < sh
+    return img.resize((tw, th), Image.Resampling.LANCZOS, box=box, reducing_gap=2.0 if downscale else None)
 
 
 def _cover_size(w: int, h: int, target: tuple[int, int]) -> tuple[int, int] | None:

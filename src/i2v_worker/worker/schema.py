@@ -18,6 +18,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
+from i2v_worker.error_codes import ErrorCode
+from i2v_worker.video.encode import DEFAULT_FORMAT, FORMATS, VideoFormat, check_quality
+
 # Wan's standard negative prompt (the one Wan2.x's own examples and the ComfyUI Wan templates use).
 DEFAULT_NEGATIVE_PROMPT = (
     "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
@@ -100,6 +103,13 @@ class OutputOptions(BaseModel):
         "base64: always inline (fails with output_too_large over the limit); url: always upload "
         "(fails when no bucket is configured)",
     )
+    format: Literal["mp4", "webm", "gif"] = Field(
+        DEFAULT_FORMAT.value,
+        description="; ".join(f"{f.value}: {s.description} ({s.mime_type})" for f, s in FORMATS.items()))
+    quality: int | None = Field(
+        None, description="crf-like, lower is better: " + "; ".join(
+            f"{f.value} {s.quality_min}..{s.quality_max} (default {s.default_quality})" for f, s in FORMATS.items()
+            if s.quality_min is not None) + "; gif has none")
 
 
 class JobInput(BaseModel):
@@ -125,7 +135,12 @@ class JobInput(BaseModel):
     length: int = Field(
         LENGTH_DEFAULT, description=f"number of frames: 4k+1 in [{LENGTH_MIN}, {LENGTH_MAX}] "
         f"(81 = 5 s at 16 fps)")
-    fps: int = Field(FPS_DEFAULT, ge=FPS_MIN, le=FPS_MAX, description="frames per second of the MP4")
+    fps: int = Field(FPS_DEFAULT, ge=FPS_MIN, le=FPS_MAX,
+                     description="frames per second of the generated frames (the video's rate is fps * interpolate)")
+    interpolate: Literal[1, 2, 4] = Field(
+        1, description="frame interpolation factor (RIFE v4.26, run by the worker after generation): 1 = off; "
+        "2 or 4 give (length-1)*k+1 frames at k*fps (81 frames at 16 fps -> 161 at 32 fps with 2). The RIFE "
+        "model is downloaded by the first job that asks for it")
     steps: int = Field(4, ge=1, le=STEPS_MAX, description="sampling steps over both experts (4 with the lightx2v LoRA)")
     high_noise_steps: int | None = Field(
         None, ge=1, le=STEPS_MAX, description="steps run by the high-noise expert before it hands over to "
@@ -276,7 +291,8 @@ class Timings(BaseModel):
     engine_start: float = Field(0.0, description="waiting for the engine to start (first job after boot)")
     queue: float = Field(0.0, description="waiting inside the engine before execution started")
     inference: float = Field(0.0, description="sampling and decoding")
-    encode: float = Field(0.0, description="MP4 encoding")
+    interpolate: float = Field(0.0, description="frame interpolation (0 when interpolate is 1)")
+    encode: float = Field(0.0, description="encoding the final file (MP4, WebM or GIF)")
     upload: float = Field(0.0, description="bucket upload")
     total: float = Field(0.0, description="the whole job inside the worker")
 
@@ -286,14 +302,16 @@ class JobOutput(BaseModel):
 
     model_config = ConfigDict(title="i2v-worker job output")
 
-    video: str | None = Field(None, description="the MP4 as base64 (when not uploaded)")
-    video_url: str | None = Field(None, description="presigned GET URL of the uploaded MP4")
-    mime_type: Literal["video/mp4"] = "video/mp4"
+    video: str | None = Field(None, description="the video file as base64 (when not uploaded)")
+    video_url: str | None = Field(None, description="presigned GET URL of the uploaded video")
+    mime_type: Literal["video/mp4", "video/webm", "image/gif"] = Field(
+        "video/mp4", description="of the file: follows output.format")
+    format: Literal["mp4", "webm", "gif"] = "mp4"
     seed: int
     width: int
     height: int
-    frames: int
-    fps: int
+    frames: int = Field(description="frames in the file (after interpolation)")
+    fps: int = Field(description="frame rate of the file (after interpolation)")
     timings: Timings
     warnings: list[str] | None = None
 
@@ -308,9 +326,7 @@ class ErrorOutput(BaseModel):
     model_config = ConfigDict(title="i2v-worker error")
 
     error: str = Field(description="one readable line: what failed and what to do")
-    error_code: str = Field(description="invalid_input, output_too_large, upload_failed, models_offline, "
-                            "model_download_failed, disk_full, models_busy, model_error, models_unavailable, "
-                            "engine_error, engine_unavailable, timeout, cancelled, internal_error")
+    error_code: ErrorCode = Field(description="what failed (the README's troubleshooting table says what to do)")
     details: list[ErrorDetail] | dict[str, Any] | None = None
 
 
@@ -323,7 +339,7 @@ class InvalidInput(Exception):
         super().__init__("invalid input: " + "; ".join(parts))
 
     def to_output(self) -> dict[str, Any]:
-        return {"error": str(self), "error_code": "invalid_input",
+        return {"error": str(self), "error_code": ErrorCode.INVALID_INPUT,
                 "details": [d.model_dump(exclude_none=True) for d in self.details]}
 
 
@@ -372,6 +388,14 @@ def parse_job_input(raw: Any) -> ParsedJob:
         details.append(ErrorDetail(field="width", rule="area",
                                    message=f"width*height = {w}*{h} = {w * h} is over the limit of {AREA_MAX} (1280*720)"))
     details.extend(_end_image_and_lora_rules(data, warnings))
+    output = data.get("output")
+    if isinstance(output, dict) and not any((d.field or "").startswith("output") for d in details):
+        fmt = output.get("format", DEFAULT_FORMAT.value)
+        quality = output.get("quality")
+        problem = check_quality(fmt, quality) if isinstance(quality, int) and fmt in {f.value for f in VideoFormat} else None
+        if problem:
+            details.append(ErrorDetail(field="output.quality", rule="range" if "between" in problem else "not_applicable",
+                                       message=problem))
     if details or job is None:
         raise InvalidInput(details)
     update: dict[str, Any] = {}
@@ -506,11 +530,17 @@ def input_json_schema() -> dict[str, Any]:
 
 def input_markdown_table() -> str:
     """The job input fields as a Markdown table (the README's job API section is this output)."""
+    import typing
+
+    def kind_of(ann: Any) -> str:
+        if typing.get_origin(ann) is Literal:
+            return " / ".join(json.dumps(a) for a in typing.get_args(ann))
+        kind = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+        return kind.replace(" | None", "").replace("Optional[", "").rstrip("]")
+
     rows = ["| Field | Type | Default | Rule |", "|---|---|---|---|"]
     for name, field in JobInput.model_fields.items():
-        ann = field.annotation
-        kind = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
-        kind = kind.replace(" | None", "").replace("Optional[", "").rstrip("]")
+        kind = kind_of(field.annotation)
         default = "" if field.is_required() else field.get_default(call_default_factory=True)
         if isinstance(default, BaseModel):
             default = default.model_dump()
@@ -520,11 +550,14 @@ def input_markdown_table() -> str:
         desc = (field.description or "").replace("|", "/")
         kind = _list_kind(kind)
         rows.append(f"| `{name}` | {kind} | {shown} | {desc} |")
-        if name == "loras":  # the fields of one entry
-            for sub, f in LoraSpec.model_fields.items():
-                sub_kind = (getattr(f.annotation, "__name__", None) or str(f.annotation)).replace(" | None", "")
-                sub_default = "required" if f.is_required() else ("" if f.default is None else f"`{json.dumps(f.default)}`")
-                rows.append(f"| `loras[].{sub}` | {sub_kind} | {sub_default} | {(f.description or '').replace('|', '/')} |")
+        nested = {"loras": ("loras[]", LoraSpec), "output": ("output", OutputOptions)}.get(name)
+        if nested is not None:  # the fields of the nested object, one row each
+            prefix, model = nested
+            for sub, sfield in model.model_fields.items():
+                sdefault = None if sfield.is_required() else sfield.get_default(call_default_factory=True)
+                sshown = "required" if sfield.is_required() else ("" if sdefault is None else f"`{json.dumps(sdefault)}`")
+                rows.append(f"| `{prefix}.{sub}` | {kind_of(sfield.annotation)} | {sshown} | "
+                            f"{(sfield.description or '').replace('|', '/')} |")
     rows.append('| `action` | "health" | | instead of a job: `{"action": "health"}` returns the store\'s per-model '
                 "state, engine readiness and versions, device and worker version, without generating |")
     return "\n".join(rows)

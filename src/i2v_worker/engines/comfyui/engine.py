@@ -3,23 +3,23 @@
 Per job: upload the image under a unique name -> build the graph (graph.build_graph, unique output
 prefix) -> check the model names against /object_info -> open the websocket -> `POST /prompt` with
 our own prompt id -> follow progress until a terminal message (falling back to polling /history if
-the socket drops) -> confirm with /history -> download the video via /view -> delete the job's input
-and output files in ComfyUI's folders.
+the socket drops) -> confirm with /history -> fetch the lossless frames file (SaveAnimatedPNG) via
+/view -> read it back as uint8 frames (comfyui/frames.py) -> delete the job's input and output
+files in ComfyUI's folders. The worker encodes the video (i2v_worker.video.encode).
 
 Fast path (supervised only): when the websocket itself delivered `execution_success` and the
-SaveVideo output (`executed`), the MP4 is moved straight out of ComfyUI's output folder and the
-/history confirmation is skipped: ComfyUI runs gc.collect() after a prompt at most every 10 s,
+SaveAnimatedPNG output (`executed`), the file is moved straight out of ComfyUI's output folder and
+the /history confirmation is skipped: ComfyUI runs gc.collect() after a prompt at most every 10 s,
 which holds the GIL and stalls its HTTP server for up to ~1 s on CPU. Every other case (socket
 dropped, errors, interruptions, attached mode) is confirmed with /history and downloaded via /view.
 
-Deadline: enforced HERE, from `settings.job_deadline_s` (I2V_JOB_DEADLINE_S) counted from the call
-to `generate` (or `deadline_s=` for one call): when it passes, ComfyUI is interrupted for this
-prompt and `EngineError(code="timeout")` is raised. Cancelling the awaiting task (RunPod
-cancellation, or a caller's own `asyncio.timeout`) interrupts ComfyUI the same way, then
-`CancelledError` propagates.
+Deadline: not here. The worker owns the job's deadline (worker/handler.py); it, RunPod's cancel or
+any caller's own `asyncio.timeout` stop a job by cancelling the task awaiting `generate`, which
+interrupts ComfyUI for this prompt (and waits briefly until ComfyUI no longer runs it) before
+`CancelledError` propagates. `clock` (injectable) times the stages.
 
 Crash: while a job runs, the child's exit (or a refused connection) fails the job at once with
-`EngineError(code="engine_crashed")` carrying the log tail; the supervisor restarts ComfyUI in the
+`EngineError(code=ErrorCode.ENGINE_CRASHED)` carrying the log tail; the supervisor restarts ComfyUI in the
 background for the next job.
 """
 
@@ -49,9 +49,11 @@ from i2v_worker.engines.comfyui.client import (
     ComfyUIUnreachable,
     PromptRejected,
 )
-from i2v_worker.engines.comfyui.job import JobState, check_outcome, follow, inference_seconds
+from i2v_worker.engines.comfyui.frames import read_frames
+from i2v_worker.engines.comfyui.job import PromptState, check_outcome, follow, inference_seconds
 from i2v_worker.engines.comfyui.process import ComfyUIProcess, ProcessSpec, build_argv, describe_exit
 from i2v_worker.logs import log
+from i2v_worker.error_codes import ErrorCode
 
 logger = logging.getLogger("i2v_worker.engines.comfyui")
 
@@ -120,7 +122,9 @@ class ComfyUIEngine:
         env: dict[str, str] | None = None,
         stop_grace_s: float = 10.0,
         required_nodes: dict[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._clock = clock
         self.settings = settings
         self.store = store
         # node class -> providing package (graph.REQUIRED_NODES); checked against /object_info
@@ -198,7 +202,7 @@ class ComfyUIEngine:
         (health shows them; every job fails with the install hint); a ComfyUI that cannot start does."""
         async with self._start_lock:
             if self._closing:
-                raise EngineError("the ComfyUI engine is closed", code="engine_unavailable")
+                raise EngineError("the ComfyUI engine is closed", code=ErrorCode.ENGINE_UNAVAILABLE)
             if self.ready:
                 return
             client = self._http()
@@ -209,13 +213,13 @@ class ComfyUIEngine:
             await self._after_ready(client)
 
     async def _attach(self, client: ComfyUIClient) -> None:
-        deadline = time.monotonic() + ATTACH_WAIT_S
+        deadline = self._clock() + ATTACH_WAIT_S
         while not await client.ping():
-            if time.monotonic() > deadline:
+            if self._clock() > deadline:
                 raise EngineError(
                     f"ComfyUI at {self.base_url} (COMFYUI_URL) did not answer /system_stats for "
                     f"{ATTACH_WAIT_S:.0f}s; check that it runs and the URL is right",
-                    code="engine_unavailable",
+                    code=ErrorCode.ENGINE_UNAVAILABLE,
                 )
             await asyncio.sleep(POLL_S)
         self._attached_ready = True
@@ -227,7 +231,7 @@ class ComfyUIEngine:
             raise EngineError(
                 f"no ComfyUI at {self.comfyui_path} (main.py missing); set COMFYUI_PATH to a ComfyUI "
                 "checkout or COMFYUI_URL to attach to a running ComfyUI",
-                code="engine_unavailable",
+                code=ErrorCode.ENGINE_UNAVAILABLE,
             )
         if self._work_dir is None:
             self._work_dir = Path(tempfile.mkdtemp(prefix="i2v-comfyui-"))
@@ -252,9 +256,9 @@ class ComfyUIEngine:
                                           port=self.settings.comfyui_port, env=self._env))
         self._proc = proc
         await proc.start()
-        t0 = time.monotonic()
+        t0 = self._clock()
         await proc.wait_ready(client.ping)
-        log(logger, logging.INFO, "ComfyUI ready", pid=proc.pid, ready_s=round(time.monotonic() - t0, 2),
+        log(logger, logging.INFO, "ComfyUI ready", pid=proc.pid, ready_s=round(self._clock() - t0, 2),
             restarts=self.restarts)
         self._monitor = asyncio.create_task(self._watch(proc), name="comfyui-monitor")
 
@@ -275,7 +279,7 @@ class ComfyUIEngine:
         code = await proc.wait_exit()
         if self._closing or proc.stopping or proc is not self._proc:
             return
-        now = time.monotonic()
+        now = self._clock()
         self.last_exit = {"how": describe_exit(code), "at": time.time(), "log_tail": proc.log_tail(40)}
         self._recent_exits = [t for t in self._recent_exits if now - t < CRASH_WINDOW_S] + [now]
         if len(self._recent_exits) > MAX_EAGER_RESTARTS:
@@ -363,31 +367,15 @@ class ComfyUIEngine:
         return info
 
     # --- one job -------------------------------------------------------------------------------
-    async def generate(self, request: GenerationRequest, progress: ProgressFn, *,
-                       deadline_s: float | None = None) -> GeneratedVideo:
-        deadline = float(deadline_s if deadline_s is not None else self.settings.job_deadline_s)
-        timeout = asyncio.timeout(deadline)
-        try:
-            async with timeout:
-                return await self._generate(request, progress)
-        except TimeoutError:
-            if not timeout.expired():
-                raise
-            raise EngineError(
-                f"job {request.job_id} exceeded the deadline of {deadline:g} s (I2V_JOB_DEADLINE_S); "
-                "ComfyUI was interrupted. Raise I2V_JOB_DEADLINE_S or lower length/steps/size",
-                code="timeout",
-            ) from None
-
-    async def _generate(self, request: GenerationRequest, progress: ProgressFn) -> GeneratedVideo:
-        t_begin = time.monotonic()
+    async def generate(self, request: GenerationRequest, progress: ProgressFn) -> GeneratedVideo:
+        t_begin = self._clock()
         await self._ensure_ready()
         client = self._http()
         proc = self._proc
-        t_ready = time.monotonic()
+        t_ready = self._clock()
         stem = safe_name(request.job_id)
         uploaded: str | None = None
-        state = JobState(prompt_id=str(uuid.uuid4()))
+        state = PromptState(prompt_id=str(uuid.uuid4()))
         queued = False
         history: dict[str, Any] | None = None
         try:
@@ -403,7 +391,7 @@ class ComfyUIEngine:
                 except (ComfyUIUnreachable, ComfyUIHTTPError) as exc:
                     raise await self._transport_failure(exc, proc)
                 end_uploaded = f"{up['subfolder']}/{up['name']}" if up.get("subfolder") else up["name"]
-            t_uploaded = time.monotonic()
+            t_uploaded = self._clock()
 
             model_names = {role: path.name for role, (_entry, path) in request.models.items()}
             model_paths = {path.name: path for _entry, path in request.models.values()}
@@ -413,7 +401,7 @@ class ComfyUIEngine:
                                               filename_prefix=f"{UPLOAD_SUBFOLDER}/{stem}", model_names=model_names,
                                               end_image_name=end_uploaded)
             except ValueError as exc:
-                raise EngineError(f"cannot build the ComfyUI graph: {exc}", code="invalid_graph") from None
+                raise EngineError(f"cannot build the ComfyUI graph: {exc}", code=ErrorCode.INVALID_GRAPH) from None
             await self._check_models(client, graph, model_paths)
 
             client_id = uuid.uuid4().hex
@@ -423,7 +411,7 @@ class ComfyUIEngine:
             except ComfyUIUnreachable as exc:
                 log(logger, logging.WARNING, "websocket unavailable, polling /history", error=str(exc))
             try:
-                state.submitted = time.monotonic()
+                state.submitted = self._clock()
                 queued = True  # from here on a cancellation must reach ComfyUI
                 try:
                     await client.queue_prompt(graph, client_id=client_id, prompt_id=state.prompt_id)
@@ -435,33 +423,38 @@ class ComfyUIEngine:
                 try:
                     history = await self._race_exit(
                         follow(client, ws, state, graph, total_steps=request.steps, emit=emit,
-                               fast_path=not self.attached), proc)
+                               fast_path=not self.attached, clock=self._clock), proc)
                 except (ComfyUIUnreachable, ComfyUIHTTPError) as exc:
                     raise await self._transport_failure(exc, proc)
             finally:
                 if ws is not None:
                     self._close_in_background(ws)
             queued = False
-            t_done = time.monotonic()
+            t_done = self._clock()
 
-            video = check_outcome(history, graph)
+            saved = check_outcome(history, graph)
             request.output_dir.mkdir(parents=True, exist_ok=True)
-            dest = request.output_dir / f"{stem}.mp4"
-            if not await asyncio.to_thread(self._take_local_output, video, dest):
-                try:
-                    await client.download(filename=video["filename"], subfolder=video.get("subfolder", ""),
-                                          type_=video.get("type", "output"), dest=dest)
-                except (ComfyUIUnreachable, ComfyUIHTTPError) as exc:
-                    raise await self._transport_failure(exc, proc)
-            t_downloaded = time.monotonic()
+            dest = request.output_dir / f"{stem}.png"
+            try:
+                if not await asyncio.to_thread(self._take_local_output, saved, dest):
+                    try:
+                        await client.download(filename=saved["filename"], subfolder=saved.get("subfolder", ""),
+                                              type_=saved.get("type", "output"), dest=dest)
+                    except (ComfyUIUnreachable, ComfyUIHTTPError) as exc:
+                        raise await self._transport_failure(exc, proc)
+                t_downloaded = self._clock()
+                pixels = await asyncio.to_thread(read_frames, dest, request.length)
+            finally:
+                dest.unlink(missing_ok=True)
+            t_read = self._clock()
         except asyncio.CancelledError:
             if queued:
                 await asyncio.shield(self._abandon(client, state.prompt_id))
             raise
         finally:
-            t_clean = time.monotonic()
+            t_clean = self._clock()
             self._cleanup(uploaded, stem, history)
-            t_cleaned = time.monotonic()
+            t_cleaned = self._clock()
 
         inference = inference_seconds(state, history)
         queue_s = (state.started - state.submitted) if state.started else max(0.0, (t_done - state.submitted) - inference)
@@ -471,19 +464,19 @@ class ComfyUIEngine:
             "upload": round(t_uploaded - t_ready, 4),
             "prepare": round(state.submitted - t_uploaded, 4),  # graph, model check, websocket
             "queue": round(queue_s, 4),
-            "inference": round(inference, 4),  # ComfyUI's execution (incl. VAE decode and MP4 encode)
-            "encode": round((state.finished - state.encode_started) if state.finished and state.encode_started else 0.0, 4),
+            "inference": round(inference, 4),  # ComfyUI's execution (incl. VAE decode and the frames file)
+            "save_frames": round((state.finished - state.save_started) if state.finished and state.save_started else 0.0, 4),
             # from ComfyUI's "success" message to its /history entry (ComfyUI's bookkeeping and gc)
             "confirm": round((t_done - state.finished) if state.finished else 0.0, 4),
             "download": round(t_downloaded - t_done, 4),
+            "read_frames": round(t_read - t_downloaded, 4),
             "cleanup": round(t_cleaned - t_clean, 4),
             "total": round(total, 4),
         }
         timings["overhead"] = round(max(0.0, total - inference - timings["ready_wait"]), 4)
         log(logger, logging.INFO, "ComfyUI job done", job_id=request.job_id, prompt_id=state.prompt_id,
             ws_dropped=state.ws_dropped, confirmed_by_history=state.from_history, **timings)
-        return GeneratedVideo(path=dest, width=request.width, height=request.height, frames=request.length,
-                              fps=request.fps, timings=timings)
+        return GeneratedVideo(pixels=pixels, fps=request.fps, timings=timings)
 
     def _close_in_background(self, ws) -> None:
         """A graceful websocket close waits for ComfyUI's reply, which stalls while ComfyUI runs its
@@ -520,7 +513,7 @@ class ComfyUIEngine:
                         f"ComfyUI's {folder} list ({where}; ComfyUI lists {len(options)} file(s) there). "
                         "Check that the model is downloaded and that ComfyUI was started with the "
                         "store's extra_model_paths.yaml",
-                        code="model_error",
+                        code=ErrorCode.MODEL_ERROR,
                         details={"node": node_id, "class_type": cls, "input": input_name, "value": value,
                                  "folder": folder, "listed": options[:50]},
                     )
@@ -567,7 +560,7 @@ class ComfyUIEngine:
         return EngineError(
             f"ComfyUI exited during the job ({how}); it is being restarted for the next job. "
             f"See log_tail (full log: {proc.spec.log_file})",
-            code="engine_crashed",
+            code=ErrorCode.ENGINE_CRASHED,
             log_tail=proc.log_tail(),
             details={"pid": proc.pid, "returncode": proc.returncode},
         )
@@ -586,7 +579,7 @@ class ComfyUIEngine:
     def _unreachable(self, exc: Exception) -> EngineError:
         where = "COMFYUI_URL" if self.attached else "the supervised ComfyUI"
         return EngineError(f"ComfyUI at {self.base_url} ({where}) failed a request: {exc}",
-                           code="engine_unavailable")
+                           code=ErrorCode.ENGINE_UNAVAILABLE)
 
     async def _abandon(self, client: ComfyUIClient, prompt_id: str) -> None:
         """The awaiting task was cancelled: drop the prompt from the queue or interrupt it, and wait

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from i2v_worker.engines.base import EngineError
+from i2v_worker.error_codes import ErrorCode
 
 # (class_type, input name) -> ComfyUI model folder that input lists. Used to say where a missing
 # model file should be and to check model names against /object_info before a job.
@@ -51,10 +52,10 @@ def prompt_rejected_error(
     does not list, `invalid_graph` otherwise; the raw body goes to `details`."""
     model_paths = model_paths or {}
     if not isinstance(body, Mapping):
-        return EngineError(f"ComfyUI rejected the graph: {_short(body, 300)}", code="invalid_graph", details=body)
+        return EngineError(f"ComfyUI rejected the graph: {_short(body, 300)}", code=ErrorCode.INVALID_GRAPH, details=body)
     node_errors = body.get("node_errors") or {}
     lines: list[str] = []
-    code = "invalid_graph"
+    code = ErrorCode.INVALID_GRAPH
     if isinstance(node_errors, Mapping):
         for node_id, entry in node_errors.items():
             entry = entry if isinstance(entry, Mapping) else {}
@@ -63,7 +64,7 @@ def prompt_rejected_error(
                 line, is_model = _node_error_line(str(node_id), class_type, err, model_paths)
                 lines.append(line)
                 if is_model:
-                    code = "model_error"
+                    code = ErrorCode.MODEL_ERROR
     if not lines:
         err = body.get("error") or {}
         if isinstance(err, Mapping):
@@ -128,8 +129,8 @@ def execution_error(data: Mapping[str, Any], graph: Mapping[str, Any] | None = N
         "exception_message": data.get("exception_message"),
         "traceback": "".join(tb) if isinstance(tb, list) else tb,
     }
-    code = "model_error" if _looks_like_model_failure(node_type, exc_type) else "engine_error"
-    if code == "model_error":
+    code = ErrorCode.MODEL_ERROR if _looks_like_model_failure(node_type, exc_type) else "engine_error"
+    if code is ErrorCode.MODEL_ERROR:
         inputs = (graph or {}).get(node_id, {}).get("inputs", {})
         model_file = next((v for k, v in inputs.items() if k.endswith("_name") and isinstance(v, str)), None)
         if model_file:
@@ -165,6 +166,6 @@ def missing_nodes_message(missing: list[str], packages: Mapping[str, str], impor
 def missing_nodes_error(missing: list[str], packages: Mapping[str, str], import_failures: list[str] | None = None) -> EngineError:
     return EngineError(
         missing_nodes_message(missing, packages, import_failures),
-        code="engine_unavailable",
+        code=ErrorCode.ENGINE_UNAVAILABLE,
         details={"missing_nodes": missing, "import_failures": import_failures or []},
     )

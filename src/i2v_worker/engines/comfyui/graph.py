@@ -6,7 +6,12 @@ UnetLoaderGGUF(high/low) -> LoraLoaderModelOnly (lightx2v; skipped for an expert
 CLIPTextEncode positive/negative; VAELoader; LoadImage; WanImageToVideo (WanFirstLastFrameToVideo with a second LoadImage when the
 job has an end image); KSamplerAdvanced on the
 high-noise expert for steps [0, high_noise_steps) returning leftover noise -> KSamplerAdvanced on
-the low-noise expert for the rest; VAEDecode -> CreateVideo(fps) -> SaveVideo(mp4, h264).
+the low-noise expert for the rest; VAEDecode -> SaveAnimatedPNG (lossless, compress_level 0).
+
+The graph ends in lossless frames, not a video: the worker reads them back (comfyui/frames.py),
+interpolates if asked and encodes the file with the one encoder both engines share
+(i2v_worker.video.encode). ComfyUI's SaveAnimatedPNG converts floats to uint8 as
+`clip(255 * x).astype(uint8)`, the rule `video.frames.to_uint8` applies for the diffusers engine.
 
 Input names were checked against ComfyUI 0.3.75's `/object_info`. Node ids are readable names so
 errors say e.g. "node sample_high (KSamplerAdvanced)".
@@ -31,12 +36,15 @@ REQUIRED_NODES: dict[str, str] = {
     "WanFirstLastFrameToVideo": "ComfyUI core",
     "KSamplerAdvanced": "ComfyUI core",
     "VAEDecode": "ComfyUI core",
-    "CreateVideo": "ComfyUI core",
-    "SaveVideo": "ComfyUI core",
+    "SaveAnimatedPNG": "ComfyUI core",
 }
 
 # Node ids the engine refers to.
-OUTPUT_NODE = "save_video"  # SaveVideo: its history output lists the MP4 under "images"
+OUTPUT_NODE = "save_frames"  # SaveAnimatedPNG: its history output lists the APNG under "images"
+# SaveAnimatedPNG writes each frame with a delay of 1000/fps ms, and Pillow's APNG writer merges a
+# frame equal to the one before into it (adding the delays): at fps 1 each merged frame's delay
+# is a whole number of seconds, so comfyui/frames.py can count the repeats back exactly.
+FRAME_DELAY_FPS = 1.0
 SAMPLER_NODES = ("sample_high", "sample_low")  # progress: max is per sampler segment
 # (node id, input name) that names each model file: for readable "model missing" errors
 MODEL_INPUTS: dict[ModelRole, tuple[str, str]] = {
@@ -123,8 +131,8 @@ def build_graph(
                latent_image=high, start_at_step=int(request.high_noise_steps), end_at_step=10000,
                return_with_leftover_noise="disable", **common)
     frames = node("decode", "VAEDecode", samples=low, vae=vae)
-    video = node("create_video", "CreateVideo", images=frames, fps=float(request.fps))
-    node(OUTPUT_NODE, "SaveVideo", video=video, filename_prefix=filename_prefix, format="mp4", codec="h264")
+    node(OUTPUT_NODE, "SaveAnimatedPNG", images=frames, filename_prefix=filename_prefix, fps=FRAME_DELAY_FPS,
+         compress_level=0)
     return g
 
 

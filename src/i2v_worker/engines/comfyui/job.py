@@ -21,23 +21,26 @@ from i2v_worker.engines.base import EngineError, EngineProgress
 from i2v_worker.engines.comfyui import errors, graph as graph_mod
 from i2v_worker.engines.comfyui.client import ComfyUIClient, iter_messages
 from i2v_worker.logs import log
+from i2v_worker.error_codes import ErrorCode
 
 logger = logging.getLogger("i2v_worker.engines.comfyui")
 
 POLL_MAX_S = 0.25
 TERMINAL = frozenset({"execution_success", "execution_error", "execution_interrupted"})
-VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv")
+FRAMES_SUFFIXES = (".png",)  # the graph's SaveAnimatedPNG output
 
 
 @dataclass
-class JobState:
-    """What one job saw while following ComfyUI (times are time.monotonic())."""
+class PromptState:
+    """What the engine saw of one ComfyUI prompt while following it (times are time.monotonic()).
+
+    Not the RunPod job status (that is `i2v_worker.client.JobState`)."""
 
     prompt_id: str
     submitted: float = 0.0
     started: float | None = None
     finished: float | None = None
-    encode_started: float | None = None
+    save_started: float | None = None  # when ComfyUI began writing the frames file
     last_step: int = 0
     terminal: str | None = None  # the message type that ended it
     ws_dropped: bool = False
@@ -48,12 +51,13 @@ class JobState:
 async def follow(
     client: ComfyUIClient,
     ws: aiohttp.ClientWebSocketResponse | None,
-    state: JobState,
+    state: PromptState,
     graph: dict[str, Any],
     *,
     total_steps: int,
     emit: Callable[[EngineProgress], None],
     fast_path: bool,
+    clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
     """Follow the prompt to its end; returns its history entry.
 
@@ -71,7 +75,7 @@ async def follow(
                 data = msg.data
                 if data.get("prompt_id") not in (None, state.prompt_id):
                     continue
-                now = time.monotonic()
+                now = clock()
                 if msg.type == "execution_start":
                     state.started = now
                 elif msg.type == "progress" and data.get("node") in offsets:
@@ -86,12 +90,12 @@ async def follow(
                     if node is None and data.get("prompt_id") == state.prompt_id:
                         state.terminal = state.terminal or "executing_null"
                         break
-                    if node in graph and graph[node]["class_type"] in ("CreateVideo", "SaveVideo"):
-                        state.encode_started = state.encode_started or now
+                    if node == graph_mod.OUTPUT_NODE:
+                        state.save_started = state.save_started or now
                 elif msg.type in TERMINAL:
                     state.finished = now
                     state.terminal = msg.type
-                    if msg.type == "execution_success" and fast_path and find_video(state.outputs):
+                    if msg.type == "execution_success" and fast_path and find_frames_file(state.outputs):
                         state.from_history = False
                         return {"status": {"status_str": "success", "completed": True, "messages": []},
                                 "outputs": dict(state.outputs)}
@@ -133,7 +137,7 @@ async def poll_history(client: ComfyUIClient, prompt_id: str) -> dict[str, Any]:
 
 
 def check_outcome(history: dict[str, Any], graph: dict[str, Any]) -> dict[str, Any]:
-    """The video's `{filename, subfolder, type}`, or the readable error of a failed prompt."""
+    """The frames file's `{filename, subfolder, type}`, or the readable error of a failed prompt."""
     status = history.get("status") or {}
     messages = status.get("messages") or []
     for kind, data in messages:
@@ -142,29 +146,26 @@ def check_outcome(history: dict[str, Any], graph: dict[str, Any]) -> dict[str, A
     for kind, _data in messages:
         if kind == "execution_interrupted":
             raise EngineError("ComfyUI interrupted the job (an /interrupt that did not come from this worker?)",
-                              code="cancelled")
+                              code=ErrorCode.CANCELLED)
     if status.get("status_str") == "error":
-        raise EngineError(f"ComfyUI reported an error without details: {status}", code="engine_error", details=status)
-    video = find_video(history.get("outputs") or {})
-    if video is None:
-        raise EngineError("ComfyUI finished but listed no video output (SaveVideo node "
-                          f"{graph_mod.OUTPUT_NODE!r})", code="engine_error", details=history.get("outputs"))
-    return video
+        raise EngineError(f"ComfyUI reported an error without details: {status}", code=ErrorCode.ENGINE_ERROR, details=status)
+    found = find_frames_file(history.get("outputs") or {})
+    if found is None:
+        raise EngineError("ComfyUI finished but listed no frames file (SaveAnimatedPNG node "
+                          f"{graph_mod.OUTPUT_NODE!r})", code=ErrorCode.ENGINE_ERROR, details=history.get("outputs"))
+    return found
 
 
-def find_video(outputs: dict[str, Any]) -> dict[str, Any] | None:
-    """Core SaveVideo lists the file under `images` (with `animated`); VideoHelperSuite under `gifs`."""
-    ordered = [graph_mod.OUTPUT_NODE] + [k for k in outputs if k != graph_mod.OUTPUT_NODE]
-    for node in ordered:
-        out = outputs.get(node) or {}
-        for key in ("gifs", "videos", "images"):
-            for item in out.get(key) or []:
-                if isinstance(item, dict) and str(item.get("filename", "")).lower().endswith(VIDEO_SUFFIXES):
-                    return item
+def find_frames_file(outputs: dict[str, Any]) -> dict[str, Any] | None:
+    """SaveAnimatedPNG lists its one file under `images` (with `animated`)."""
+    out = outputs.get(graph_mod.OUTPUT_NODE) or {}
+    for item in out.get("images") or []:
+        if isinstance(item, dict) and str(item.get("filename", "")).lower().endswith(FRAMES_SUFFIXES):
+            return item
     return None
 
 
-def inference_seconds(state: JobState, history: dict[str, Any] | None) -> float:
+def inference_seconds(state: PromptState, history: dict[str, Any] | None) -> float:
     """ComfyUI's own timestamps (ms) from the history status, else what the websocket showed."""
     stamps: dict[str, float] = {}
     for kind, data in ((history or {}).get("status") or {}).get("messages") or []:

@@ -26,6 +26,7 @@ from typing import Awaitable, Callable
 
 from i2v_worker.engines.base import EngineError
 from i2v_worker.logs import log
+from i2v_worker.error_codes import ErrorCode
 
 logger = logging.getLogger("i2v_worker.engines.comfyui.process")
 
@@ -156,7 +157,7 @@ class ComfyUIProcess:
             raise EngineError(
                 f"cannot start ComfyUI: port {self.spec.port} on 127.0.0.1 is already in use "
                 "(another ComfyUI?); set COMFYUI_PORT to a free port or COMFYUI_URL to attach to it",
-                code="engine_unavailable",
+                code=ErrorCode.ENGINE_UNAVAILABLE,
             )
         self.spec.log_file.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.spec.env}
@@ -174,7 +175,7 @@ class ComfyUIProcess:
         except OSError as exc:
             raise EngineError(
                 f"cannot start ComfyUI ({self.spec.argv[1]}): {exc}; check COMFYUI_PATH",
-                code="engine_unavailable",
+                code=ErrorCode.ENGINE_UNAVAILABLE,
             ) from exc
         self.started_at = self._clock()
         self._exited = asyncio.get_running_loop().create_future()
@@ -215,7 +216,7 @@ class ComfyUIProcess:
                 code = self._exited.result()
                 raise EngineError(
                     f"ComfyUI exited while starting ({describe_exit(code)}); see log_tail or {self.spec.log_file}",
-                    code="engine_unavailable",
+                    code=ErrorCode.ENGINE_UNAVAILABLE,
                     log_tail=self.log_tail(),
                 )
             if await probe():

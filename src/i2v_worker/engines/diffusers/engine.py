@@ -2,9 +2,11 @@
 
 Models load lazily on the first job that names them and stay loaded (cache keyed by file path, so
 a warm job reloads nothing and a job naming another file swaps only that component). Each job runs
-on one dedicated worker thread; the event loop only awaits it. Cancellation sets a threading.Event
-that the sampling loop checks between steps; the deadline (settings.job_deadline_s) is checked at
-the same points.
+on one dedicated worker thread; the event loop only awaits it. Cancelling the awaiting task sets a
+threading.Event that the sampling loop checks between steps: that is how the worker's deadline
+(which the worker owns, see worker/handler.py) and RunPod's cancel stop a job; the engine runs no
+timer of its own. The result is the decoded frames (uint8, `video.frames.to_uint8`); the worker
+encodes the file.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from i2v_worker.engines.base import (
 )
 from i2v_worker.engines.diffusers import sampling
 from i2v_worker.logs import log
+from i2v_worker.error_codes import ErrorCode
 
 logger = logging.getLogger("i2v_worker.engines.diffusers")
 
@@ -53,7 +56,7 @@ class _Loaded:
 class DiffusersEngine:
     """In-process engine (engines.base.Engine). Attributes tests read: `load_counts` (file path ->
     times loaded), `last_record` (sampling.SamplingRecord of the last job), `last_frames_sha256`
-    (the generated frames, before the lossy h264 encode)."""
+    (the generated frames). `clock` times the stages (injectable, like the store's)."""
 
     name = "diffusers"
 
@@ -88,9 +91,6 @@ class DiffusersEngine:
         except asyncio.CancelledError:
             cancel.set()  # the sampling loop stops before its next step
             await asyncio.wait({fut})
-            with contextlib.suppress(BaseException):
-                if fut.exception() is None:  # finished before it saw the event: drop its video
-                    fut.result().path.unlink(missing_ok=True)
             log(logger, logging.INFO, "job cancelled", job_id=request.job_id)
             raise
 
@@ -139,9 +139,9 @@ class DiffusersEngine:
         try:
             dev = torch.device(want)
         except RuntimeError:
-            raise EngineError(f"I2V_DEVICE={want!r} is not a torch device; use auto, cpu or cuda", code="engine_unavailable") from None
+            raise EngineError(f"I2V_DEVICE={want!r} is not a torch device; use auto, cpu or cuda", code=ErrorCode.ENGINE_UNAVAILABLE) from None
         if dev.type == "cuda" and not torch.cuda.is_available():
-            raise EngineError("I2V_DEVICE=cuda but torch sees no CUDA device; use auto or cpu", code="engine_unavailable")
+            raise EngineError("I2V_DEVICE=cuda but torch sees no CUDA device; use auto or cpu", code=ErrorCode.ENGINE_UNAVAILABLE)
         return dev
 
     @staticmethod
@@ -187,7 +187,7 @@ class DiffusersEngine:
             self._components.pop(role)
             gc.collect()
         if not path.is_file():
-            raise EngineError(f"{role.value} model {name!r} is not at {path}; run `i2v-worker models fetch`", code="model_error")
+            raise EngineError(f"{role.value} model {name!r} is not at {path}; run `i2v-worker models fetch`", code=ErrorCode.MODEL_ERROR)
         t0 = time.perf_counter()
         try:
             obj = load()
@@ -196,7 +196,7 @@ class DiffusersEngine:
         except Exception as exc:  # noqa: BLE001 - any loader failure names the file
             raise EngineError(
                 f"could not load {role.value} model {name!r} ({path}): {type(exc).__name__}: {exc}",
-                code="model_error", details=traceback.format_exc(),
+                code=ErrorCode.MODEL_ERROR, details=traceback.format_exc(),
             ) from exc
         self.load_counts[str(path)] += 1
         log(logger, logging.INFO, "model loaded", role=role.value, model=name, seconds=round(time.perf_counter() - t0, 2))
@@ -210,7 +210,7 @@ class DiffusersEngine:
 
         missing = [r.value for r in _REQUIRED if r not in request.models]
         if missing:
-            raise EngineError(f"the request names no model for role(s) {', '.join(missing)}", code="model_error")
+            raise EngineError(f"the request names no model for role(s) {', '.join(missing)}", code=ErrorCode.MODEL_ERROR)
         dev, dt = self._device, self._dtype
         out: dict[ModelRole, _Loaded] = {}
         for role in (ModelRole.HIGH_NOISE, ModelRole.LOW_NOISE):
@@ -233,20 +233,20 @@ class DiffusersEngine:
         strengths = {ModelRole.HIGH_NOISE: request.lora_strength_high, ModelRole.LOW_NOISE: request.lora_strength_low}
         lora = request.models.get(ModelRole.LORA)
         if lora is None and any(s != 0 for s in strengths.values()):
-            raise EngineError("lora_strength_high/low are not 0 but the request names no lora model", code="model_error")
+            raise EngineError("lora_strength_high/low are not 0 but the request names no lora model", code=ErrorCode.MODEL_ERROR)
         for role, strength in strengths.items():
             expert = comps[role]
             want = Path(lora[1]) if (lora is not None and strength != 0) else None
             if want is not None and expert.lora != want:
                 if not want.is_file():
-                    raise EngineError(f"lora model {lora[0]!r} is not at {want}; run `i2v-worker models fetch`", code="model_error")
+                    raise EngineError(f"lora model {lora[0]!r} is not at {want}; run `i2v-worker models fetch`", code=ErrorCode.MODEL_ERROR)
                 try:
                     loaders.load_lora_into(expert.obj, want, dtype=self._dtype)
                 except EngineError:
                     raise
                 except Exception as exc:  # noqa: BLE001
                     raise EngineError(f"could not apply lora {lora[0]!r} to the {role.value} expert: {type(exc).__name__}: {exc}",
-                                      code="model_error", details=traceback.format_exc()) from exc
+                                      code=ErrorCode.MODEL_ERROR, details=traceback.format_exc()) from exc
                 expert.lora = want
                 self.load_counts[str(want)] += 1
             loaders.set_lora_strength(expert.obj, strength if want is not None else 0.0)
@@ -270,14 +270,14 @@ class DiffusersEngine:
                 if strength == 0:
                     continue
                 if not Path(lora.path).is_file():
-                    raise EngineError(f"job LoRA {lora.label or lora.name} is not at {lora.path}", code="model_error")
+                    raise EngineError(f"job LoRA {lora.label or lora.name} is not at {lora.path}", code=ErrorCode.MODEL_ERROR)
                 try:
                     loaders.load_named_lora(model, Path(lora.path), f"job{i}", dtype=self._dtype)
                 except EngineError:
                     raise
                 except Exception as exc:  # noqa: BLE001
                     raise EngineError(f"could not apply job LoRA {lora.label or lora.name} to the {role.value} expert: "
-                                      f"{type(exc).__name__}: {exc}", code="model_error",
+                                      f"{type(exc).__name__}: {exc}", code=ErrorCode.MODEL_ERROR,
                                       details=traceback.format_exc()) from exc
                 weights[f"job{i}"] = float(strength)
             loaders.set_adapter_weights(model, weights)
@@ -308,7 +308,7 @@ class DiffusersEngine:
 
             if isinstance(exc, torch.cuda.OutOfMemoryError):
                 raise EngineError(f"out of GPU memory at {request.width}x{request.height}x{request.length}; "
-                                  "lower the size or length", code="engine_error", details=traceback.format_exc()) from exc
+                                  "lower the size or length", code=ErrorCode.ENGINE_ERROR, details=traceback.format_exc()) from exc
             raise EngineError(f"diffusers engine failed: {type(exc).__name__}: {exc}", details=traceback.format_exc()) from exc
 
     @staticmethod
@@ -327,20 +327,16 @@ class DiffusersEngine:
         ]
         for field, ok, rule in rules:
             if not ok:
-                raise EngineError(f"{field} must be {rule} (got {getattr(r, field)!r})", code="engine_error")
+                raise EngineError(f"{field} must be {rule} (got {getattr(r, field)!r})", code=ErrorCode.ENGINE_ERROR)
 
     def _generate(self, request: GenerationRequest, cancel: threading.Event, emit: Callable[[EngineProgress], None]) -> GeneratedVideo:
         import torch
 
-        from i2v_worker.engines.diffusers.video import write_mp4
-
         self._check_request(request)
-        started = self._clock()
-        deadline = started + float(self._settings.job_deadline_s)
         self._prepare()
-        t0 = time.perf_counter()
+        t0 = self._clock()
         comps = self._load_all(request)
-        t_load = time.perf_counter() - t0
+        t_load = self._clock() - t0
         if cancel.is_set():
             raise sampling.SamplingCancelled()
         dev, dt = self._device, self._dtype
@@ -348,11 +344,11 @@ class DiffusersEngine:
         te = comps[ModelRole.TEXT_ENCODER].obj
 
         marks: dict[str, float] = {}
-        t0 = time.perf_counter()
+        t0 = self._clock()
 
         def mark(stage: str) -> None:  # wall time of each stage, for logs and bench/
             nonlocal t0
-            now = time.perf_counter()
+            now = self._clock()
             marks[stage] = now - t0
             t0 = now
 
@@ -371,17 +367,12 @@ class DiffusersEngine:
             record = sampling.SamplingRecord()
             self.last_record = record
 
-            def check() -> None:
-                if self._clock() > deadline:
-                    raise EngineError(f"the job passed its deadline of {self._settings.job_deadline_s:g} s during sampling "
-                                      f"(step {len(record.experts) + 1} of {request.steps})", code="timeout")
-
             def on_step(i: int, total: int, which: str) -> None:
                 emit(EngineProgress("sampling", i, total, message=which))
 
             latents = sampling.sample_euler(
                 experts, noise, condition, sigmas, request.high_noise_steps, context, negative, request.cfg,
-                cancel=cancel, check=check, on_step=on_step, record=record,
+                cancel=cancel, on_step=on_step, record=record,
             )
             mark("sampling")
             if cancel.is_set():
@@ -389,17 +380,10 @@ class DiffusersEngine:
             frames = self._decode(latents, vae)
             mark("vae_decode")
         self.last_frames_sha256 = hashlib.sha256(frames.tobytes()).hexdigest()
-        out = Path(request.output_dir) / f"{request.job_id}.mp4"
-        write_mp4(frames, out, request.fps)
-        mark("mp4")
-        timings = {"load": t_load, "inference": marks["text_encode"] + marks["image_encode"] + marks["sampling"],
-                   "encode": marks["vae_decode"] + marks["mp4"], **marks}
+        timings = {"load": t_load, "inference": sum(marks.values()), **marks}
         log(logger, logging.INFO, "job done", job_id=request.job_id, experts="".join(e[0] for e in record.experts),
             **{f"{k}_s": round(v, 2) for k, v in timings.items()})
-        return GeneratedVideo(
-            path=out, width=request.width, height=request.height, frames=int(frames.shape[0]), fps=request.fps,
-            timings=timings,
-        )
+        return GeneratedVideo(pixels=frames, fps=request.fps, timings=timings)
 
     @staticmethod
     def _denoiser(model):
@@ -421,10 +405,14 @@ class DiffusersEngine:
         try:
             img = Image.open(io.BytesIO(request.image_png)).convert("RGB")
         except Exception as exc:  # noqa: BLE001
-            raise EngineError(f"image_png could not be decoded: {exc}", code="engine_error") from exc
+            raise EngineError(f"image_png could not be decoded: {exc}", code=ErrorCode.ENGINE_ERROR) from exc
+
         def fitted(im):
-            # ComfyUI: common_upscale(..., "bilinear", "center") = center crop to the aspect, then resize
-            im = ImageOps.fit(im, (request.width, request.height), method=Image.BILINEAR, centering=(0.5, 0.5))
+            # The worker already fitted the images to width x height (worker/image.py: the one resize
+            # both engines see; ComfyUI's common_upscale is then the identity). Only an engine used on
+            # its own with another size gets this centre-crop fit.
+            if im.size != (request.width, request.height):
+                im = ImageOps.fit(im, (request.width, request.height), method=Image.BILINEAR, centering=(0.5, 0.5))
             return torch.from_numpy(np.asarray(im, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)  # 3,H,W in [-1,1]
 
         pixels = fitted(img)
@@ -434,7 +422,7 @@ class DiffusersEngine:
             try:
                 end = Image.open(io.BytesIO(request.end_image_png)).convert("RGB")
             except Exception as exc:  # noqa: BLE001
-                raise EngineError(f"end_image_png could not be decoded: {exc}", code="engine_error") from exc
+                raise EngineError(f"end_image_png could not be decoded: {exc}", code=ErrorCode.ENGINE_ERROR) from exc
             video[0, :, -1] = fitted(end)
         enc = vae.encode(video.to(dev, vae.dtype)).latent_dist.mode().float()
         mean = torch.tensor(vae.config.latents_mean, device=dev).view(1, -1, 1, 1, 1)
@@ -462,6 +450,9 @@ class DiffusersEngine:
 
         mean = torch.tensor(vae.config.latents_mean, device=latents.device).view(1, -1, 1, 1, 1)
         std = torch.tensor(vae.config.latents_std, device=latents.device).view(1, -1, 1, 1, 1)
+        from i2v_worker.video.frames import to_uint8
+
         video = vae.decode((latents * std + mean).to(vae.dtype), return_dict=False)[0]  # 1,3,T,H,W in [-1,1]
-        video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return video[0].permute(1, 2, 3, 0).contiguous().cpu().numpy()  # T,H,W,3
+        # ComfyUI's VAE.decode: clamp((x + 1) / 2, 0, 1); then the one float -> uint8 rule
+        video01 = torch.clamp((video.float() + 1.0) / 2.0, min=0.0, max=1.0)
+        return to_uint8(video01[0].permute(1, 2, 3, 0).contiguous())  # T,H,W,3

@@ -26,6 +26,7 @@ import torch
 
 from i2v_worker.engines.base import EngineError
 from i2v_worker.logs import log
+from i2v_worker.error_codes import ErrorCode
 
 logger = logging.getLogger("i2v_worker.engines.diffusers")
 
@@ -42,7 +43,7 @@ def config_dir(name: str) -> Path:
         known = sorted(p.name for p in Path(str(root)).iterdir() if (p / "config.json").is_file())
         raise EngineError(
             f"unknown architecture config {name!r} (shipped: {', '.join(known)}); fix the manifest entry's `config`",
-            code="model_error",
+            code=ErrorCode.MODEL_ERROR,
         )
     return path
 
@@ -99,7 +100,7 @@ def expert_shape(shapes: dict[str, tuple[int, ...]], source: str) -> ExpertShape
             return shapes[key]
         raise EngineError(
             f"{source}: tensor {key!r} is missing; not a Wan DiT file in the original Wan key layout",
-            code="model_error",
+            code=ErrorCode.MODEL_ERROR,
         )
 
     layers = {int(k.split(".")[1]) for k in shapes if k.startswith("blocks.") and k.split(".")[1].isdigit()}
@@ -121,7 +122,7 @@ def _check_against(config: dict[str, Any], shape: ExpertShape, name: str, source
         raise EngineError(
             f"{source}: does not match architecture config {name!r} ({'; '.join(bad)}); "
             "fix the manifest entry's `config` or the file",
-            code="model_error",
+            code=ErrorCode.MODEL_ERROR,
         )
 
 
@@ -133,7 +134,7 @@ def load_expert(path: Path, *, config_name: str | None, device: torch.device, dt
     shapes, orig = read_gguf(path)
     shape = expert_shape(shapes, str(path))
     if shape.has_image_embedder:
-        raise EngineError(f"{path}: has a CLIP-vision image embedder (Wan2.1 I2V); this engine runs Wan2.2 I2V experts", code="model_error")
+        raise EngineError(f"{path}: has a CLIP-vision image embedder (Wan2.1 I2V); this engine runs Wan2.2 I2V experts", code=ErrorCode.MODEL_ERROR)
     if config_name:
         cfg_dir = config_dir(config_name)
         _check_against(_read_config(cfg_dir), shape, config_name, str(path))
@@ -184,7 +185,7 @@ def _vae_overrides(tensors_keys: dict[str, tuple[int, ...]]) -> dict[str, Any]:
     conv1 = tensors_keys.get("encoder.conv1.weight")
     post = tensors_keys.get("conv2.weight")
     if conv1 is None or post is None:
-        raise EngineError("VAE file has no encoder.conv1/conv2 weights; not a Wan2.1 VAE in the original layout", code="model_error")
+        raise EngineError("VAE file has no encoder.conv1/conv2 weights; not a Wan2.1 VAE in the original layout", code=ErrorCode.MODEL_ERROR)
     return {"base_dim": int(conv1[0]), "z_dim": int(post[0])}
 
 
@@ -195,10 +196,10 @@ def load_vae(path: Path, *, device: torch.device, dtype: torch.dtype):
     with safe_open(str(path), framework="pt") as f:
         shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     if "decoder.middle.0.residual.0.gamma" not in shapes:
-        raise EngineError(f"{path}: not a Wan2.1 VAE (no decoder.middle.0.residual.0.gamma)", code="model_error")
+        raise EngineError(f"{path}: not a Wan2.1 VAE (no decoder.middle.0.residual.0.gamma)", code=ErrorCode.MODEL_ERROR)
     overrides = _vae_overrides(shapes)
     if overrides["z_dim"] != 16:
-        raise EngineError(f"{path}: latent channels {overrides['z_dim']}, the Wan2.1 VAE has 16 (the Wan2.2 5B VAE is not supported)", code="model_error")
+        raise EngineError(f"{path}: latent channels {overrides['z_dim']}, the Wan2.1 VAE has 16 (the Wan2.2 5B VAE is not supported)", code=ErrorCode.MODEL_ERROR)
     vae = AutoencoderKLWan.from_single_file(
         str(path), config=str(config_dir(VAE_CONFIG)), local_files_only=True, torch_dtype=dtype, **overrides
     )
@@ -231,7 +232,7 @@ def lora_state_for(model, path: Path) -> tuple[dict[str, torch.Tensor], int]:
             continue
         keep[k] = value
     if not keep:
-        raise EngineError(f"{path}: no LoRA weights match the expert's layers; not a Wan LoRA?", code="model_error")
+        raise EngineError(f"{path}: no LoRA weights match the expert's layers; not a Wan LoRA?", code=ErrorCode.MODEL_ERROR)
     return keep, skipped
 
 

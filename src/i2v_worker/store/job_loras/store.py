@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from i2v_worker.engines.base import ModelRole
+from i2v_worker.error_codes import ErrorCode
 from i2v_worker.logs import log
 from i2v_worker.store import disk
 from i2v_worker.store.errors import DownloadError, IntegrityError, OfflineError, StoreError
@@ -54,7 +55,7 @@ class JobLoraError(StoreError):
     """A job LoRA that cannot be used. `field` names the job entry (e.g. `loras[1].source`),
     `code` is the worker's error code (invalid_input for a wrong file or source)."""
 
-    def __init__(self, message: str, *, field: str, rule: str, code: str = "invalid_input",
+    def __init__(self, message: str, *, field: str, rule: str, code: ErrorCode = ErrorCode.INVALID_INPUT,
                  hint: str | None = None) -> None:
         self.field, self.rule, self.code = field, rule, code
         super().__init__(message, hint=hint)
@@ -347,14 +348,14 @@ class JobLoraStore:
                 self._check_probe(req, _Probe(canon, resolved.size or 0, resolved.sha256, ()))
             if resolved.size is None:
                 raise JobLoraError(f"{req.field}: the hub did not announce the size of {canon}",
-                                   field=f"{req.field}.source", rule="no_size", code="model_download_failed")
+                                   field=f"{req.field}.source", rule="no_size", code=ErrorCode.MODEL_DOWNLOAD_FAILED)
 
             def get(a: int, b: int) -> bytes:
                 r = client.get(resolved.url, headers={**resolved.headers, "Range": f"bytes={a}-{b}"},
                                follow_redirects=True)
                 if r.status_code not in (200, 206):
                     raise JobLoraError(f"{req.field}: reading the header of {canon} answered HTTP {r.status_code}",
-                                       field=f"{req.field}.source", rule="fetch_failed", code="model_download_failed")
+                                       field=f"{req.field}.source", rule="fetch_failed", code=ErrorCode.MODEL_DOWNLOAD_FAILED)
                 return r.content[a:b + 1] if r.status_code == 200 else r.content
 
             keys = self._header_from(req, resolved.size, get)
@@ -485,9 +486,8 @@ class JobLoraStore:
         if isinstance(exc, IntegrityError) and req.sha256:
             return JobLoraError(f"{req.field}.sha256: {_short(canon)}: {text}", field=f"{req.field}.sha256",
                                 rule="sha256_mismatch", hint="check the sha256 given for this LoRA")
-        code = "model_download_failed"
         return JobLoraError(f"{req.field}: downloading {_short(canon)} failed: {text}", field=f"{req.field}.source",
-                            rule="download_failed", code=code)
+                            rule="download_failed", code=ErrorCode.MODEL_DOWNLOAD_FAILED)
 
     def _stored(self) -> list[tuple[str, int, float]]:
         """(sha, size, last_used) of each LoRA file in the area."""
@@ -528,7 +528,7 @@ class JobLoraStore:
             raise JobLoraError(
                 f"the job-LoRA disk budget of {self.budget_bytes / 1e9:.2f} GB (I2V_LORA_BUDGET_GB) cannot fit "
                 f"{need / 1e9:.3f} GB more: {total / 1e9:.3f} GB are held by LoRAs running jobs use",
-                field="loras", rule="budget_full", code="models_busy",
+                field="loras", rule="budget_full", code=ErrorCode.MODELS_BUSY,
                 hint="try again when the running jobs finish, or raise I2V_LORA_BUDGET_GB")
         return evicted
 
