@@ -65,16 +65,40 @@ def test_presence_check_needs_no_network_and_no_rehash(tmp_path, hf_server, mode
     path = store.ensure(["model.bin"])["model.bin"]
     again = make_store(tmp_path / "store", manifest, hf=hf_server)
     hf_server.close()  # no server any more: any network use would fail
-    # Same size and mtime, different bytes: only a rehash could notice, and the presence check must not.
+    assert again.ensure(["model.bin"]) == {"model.bin": path}
+    assert again.status()[0].state is ModelState.PRESENT
+
+
+def test_fast_presence_check_sees_same_size_tampering_with_mtime_restored(tmp_path, hf_server, model):
+    """Item 11: the record also holds ctime and inode (still no hash): rewriting bytes and putting
+    the mtime back moves the ctime, which cannot be set back, so the fast check notices."""
+    data, sha = model
+    manifest = _one(tmp_path, pinned=(len(data), sha))
+    path = make_store(tmp_path / "store", manifest, hf=hf_server).ensure(["model.bin"])["model.bin"]
+    again = make_store(tmp_path / "store", manifest, hf=hf_server)
+    hf_server.close()
     st = path.stat()
+    time.sleep(0.01)
     with open(path, "r+b") as fh:
         fh.write(b"\x00" * 16)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert again.ensure(["model.bin"]) == {"model.bin": path}
-    assert again.status()[0].state is ModelState.PRESENT
-    # ... which is what `verify --full` is for.
+    assert path.stat().st_mtime_ns == st.st_mtime_ns and path.stat().st_size == st.st_size
+    assert again.status()[0].state is ModelState.UNVERIFIED
     [v] = again.verify(full=True)
     assert v.state is ModelState.CORRUPT
+
+
+def test_replaced_file_with_the_same_mtime_is_not_taken_for_the_recorded_one(tmp_path, hf_server, model):
+    data, sha = model
+    manifest = _one(tmp_path, pinned=(len(data), sha))
+    store = make_store(tmp_path / "store", manifest, hf=hf_server)
+    path = store.ensure(["model.bin"])["model.bin"]
+    st = path.stat()
+    other = path.with_name("other")
+    other.write_bytes(b"\x01" * len(data))
+    os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(other, path)  # same size and mtime, another inode
+    assert store.status()[0].state is ModelState.UNVERIFIED
 
 
 def test_wrong_size_file_at_the_final_path_is_replaced(tmp_path, hf_server, model):
@@ -378,7 +402,7 @@ def test_verify_full_detects_a_flipped_byte(tmp_path, hf_server, model):
         fh.seek(MB)
         fh.write(bytes([b[0] ^ 1]))
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert store.verify(full=False)[0].state is ModelState.PRESENT  # record check only
+    assert store.verify(full=False)[0].state is ModelState.UNVERIFIED  # the fast check sees the rewrite (ctime)
     [v] = store.verify(full=True)
     assert v.state is ModelState.CORRUPT
     assert store.status()[0].state is ModelState.UNVERIFIED  # record dropped: next ensure replaces it

@@ -48,7 +48,30 @@ class OfflineError(StoreError):
 
 
 class DiskFullError(StoreError):
-    """Not enough free space (before starting, or ENOSPC while writing); temp files were removed."""
+    """Not enough free space (before starting, or ENOSPC while writing); temp files were removed.
+
+    `needed`: bytes this download still had to allocate; `available`: bytes free on the volume
+    when it was checked; `reserved`: of those, bytes other writers' part files had claimed but not
+    yet allocated (so needed > available - reserved whenever this is raised before starting)."""
+
+    def __init__(self, message: str, *, model: str | None = None, hint: str | None = None,
+                 needed: int | None = None, available: int | None = None, reserved: int = 0):
+        self.needed, self.available, self.reserved = needed, available, reserved
+        super().__init__(message, model=model, hint=hint)
+
+
+class StoreLayoutError(StoreError):
+    """The store root or one of its folders cannot be used (read-only, a file, permissions).
+    `path` is the offending path."""
+
+    def __init__(self, message: str, *, path: str, hint: str | None = None, model: str | None = None):
+        self.path = path
+        super().__init__(message, model=model, hint=hint)
+
+
+class LeaseLost(StoreError):
+    """This writer's download lease was taken over (it was frozen or cut off longer than the stale
+    time): it stopped without publishing; the new holder finishes the download."""
 
 
 class LeaseTimeout(StoreError):
