@@ -167,16 +167,14 @@ def check_space(part: Path, size: int, scan: list[Path], *, now: float, live_s: 
 
 def disk_full_error(check: SpaceCheck, folder: Path, *, model: str | None) -> DiskFullError:
     """The one wording of 'not enough space before starting': every number from one snapshot."""
-    others = ""
     if check.reserved:
-        others = (f", of which {check.reserved} bytes ({check.reserved / 1e9:.2f} GB) are reserved by "
-                  f"{check.writers} other download(s) in progress, so {check.available} bytes "
-                  f"({check.available / 1e9:.2f} GB) are available")
+        have = (f"{check.free} bytes ({check.free / 1e9:.2f} GB) free, of which {check.reserved} bytes "
+                f"({check.reserved / 1e9:.2f} GB) are reserved by {check.writers} other download(s) in "
+                f"progress, so {check.available} bytes ({check.available / 1e9:.2f} GB) available")
     else:
-        others = " available"
+        have = f"{check.available} bytes ({check.available / 1e9:.2f} GB) available"
     return DiskFullError(
-        f"not enough disk space in {folder}: needs {check.needed} bytes ({check.needed / 1e9:.2f} GB), "
-        f"{check.free} bytes ({check.free / 1e9:.2f} GB) free{others}",
+        f"not enough disk space in {folder}: needs {check.needed} bytes ({check.needed / 1e9:.2f} GB), {have}",
         model=model, needed=check.needed, available=check.available, reserved=check.reserved,
         hint="free some space (`i2v-worker models gc` removes stale temp files and unreferenced "
         "models) or point I2V_MODEL_DIR at a larger volume",

@@ -261,8 +261,10 @@ class Lease:
             st = os.stat(self.path)
         except FileNotFoundError:
             # Removed under us (an operator, or a gc of an old version): recreate ours if nobody
-            # else has taken it; that holds our place without a gap a takeover could exploit.
-            if self._relink(fd):
+            # else has taken it. Not when we are late: a taker may have had it and released it
+            # since (then our part file may be gone too), and we must not come back as holder.
+            late = self._monotonic() - self._last_ok > self.stale_after
+            if not late and self._relink(fd):
                 return True
             self._mark_lost(self.read(), reason="the lease file was removed and someone else holds it now")
             return False
