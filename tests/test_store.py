@@ -16,8 +16,8 @@ import yaml
 from i2v_worker.store import (DiskFullError, DownloadError, IntegrityError, LeaseTimeout, ModelState, OfflineError,
                               load_manifest)
 from i2v_worker.store.records import read_record
-from tests.support.store_helpers import (REPO, REV, blob, hf_source, make_store, part_files, sha256, tmpfs,
-                                         write_manifest)
+from tests.support.store_helpers import (REPO, REV, blob, cli_env, hf_source, make_store, part_files, sha256, tmpfs,
+                                         run_cli, write_manifest)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -518,3 +518,82 @@ def test_from_settings_reads_store_manifest_and_tiny_dir_from_the_environment(tm
     path = store.ensure(["tiny_wan_2.1_vae.safetensors"])["tiny_wan_2.1_vae.safetensors"]
     assert path == tmp_path / "store" / "vae" / "tiny_wan_2.1_vae.safetensors"
     assert path.read_bytes() == (tiny / "tiny_wan_2.1_vae.safetensors").read_bytes()
+
+
+# --- item 10: stores that cannot be used -------------------------------------------------------------
+
+def test_store_root_that_is_a_file_is_a_store_error_naming_it(tmp_path, hf_server, model):
+    from i2v_worker.store.errors import StoreLayoutError
+
+    root = tmp_path / "store"
+    root.write_text("not a folder")
+    store = make_store(root, _one(tmp_path), hf=hf_server)
+    with pytest.raises(StoreLayoutError) as info:
+        store.ensure(["model.bin"])
+    assert info.value.path == str(root) and str(root) in str(info.value) and "is a file" in str(info.value)
+    assert "I2V_MODEL_DIR" in str(info.value)
+    assert store.status()[0].state is ModelState.MISSING  # status does not crash either
+
+
+def test_store_folder_that_is_a_file_is_a_store_error_and_status_still_works(tmp_path, hf_server, model):
+    from i2v_worker.store.errors import StoreLayoutError
+
+    store = make_store(tmp_path / "store", _one(tmp_path), hf=hf_server)
+    (store.root).mkdir()
+    (store.root / "vae").write_text("oops")
+    with pytest.raises(StoreLayoutError) as info:
+        store.ensure(["model.bin"])
+    assert info.value.path == str(store.root / "vae") and "move or delete" in str(info.value)
+    assert info.value.model == "model.bin"
+    assert store.status()[0].state is ModelState.MISSING
+    env = cli_env(store.root, hf=hf_server)
+    r = run_cli("models", "status", "--manifest", str(tmp_path / "manifest.toml"), env=env)
+    assert r.returncode == 0, r.stderr
+    assert "missing" in r.stdout
+    r = run_cli("models", "fetch", "model.bin", "--manifest", str(tmp_path / "manifest.toml"), env=env)
+    assert r.returncode == 1 and f"{store.root / 'vae'} is a file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_read_only_store_is_a_store_error_naming_it(tmp_path, hf_server, model):
+    import subprocess
+
+    from i2v_worker.store.errors import StoreLayoutError
+
+    with tmpfs(tmp_path / "ro", 4 * MB) as root:
+        r = subprocess.run(["mount", "-o", "remount,ro", str(root)], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot remount read-only: {r.stderr.strip()}")
+        store = make_store(root, _one(tmp_path), hf=hf_server)
+        with pytest.raises(StoreLayoutError) as info:
+            store.ensure(["model.bin"])
+        assert str(root) in str(info.value) and "not writable" in str(info.value)
+        assert "read-write" in str(info.value)
+        assert store.status()[0].state is ModelState.MISSING
+        assert hf_server.bytes_served == 0
+
+
+# --- item 6 (store part): a kill between the rename and the record write ----------------------------
+
+def test_published_file_without_record_is_recognised_by_one_hash_pass_pinned(tmp_path, hf_server, model):
+    data, sha = model
+    store = make_store(tmp_path / "store", _one(tmp_path, pinned=(len(data), sha)), hf=hf_server)
+    final = store.path("model.bin")
+    final.parent.mkdir(parents=True)
+    final.write_bytes(data)  # renamed into place, then killed before the record was written
+    hf_server.reset_log()
+    assert store.ensure(["model.bin"]) == {"model.bin": final}
+    assert hf_server.requests == []  # pinned: no network at all
+    assert store.status()[0].state is ModelState.PRESENT
+
+
+def test_published_file_without_record_is_recognised_by_one_hash_pass_unpinned(tmp_path, hf_server, model):
+    data, sha = model
+    store = make_store(tmp_path / "store", _one(tmp_path), hf=hf_server)
+    final = store.path("model.bin")
+    final.parent.mkdir(parents=True)
+    final.write_bytes(data)
+    hf_server.reset_log()
+    assert store.ensure(["model.bin"]) == {"model.bin": final}
+    assert hf_server.bytes_served == 0 and hf_server.cdn_requests() == []  # one resolve (HEAD) for the sha
+    [st] = store.status()
+    assert st.state is ModelState.PRESENT and st.sha256 == sha
