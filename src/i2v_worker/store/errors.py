@@ -28,8 +28,10 @@ class DownloadError(StoreError):
     """A transfer failed. `permanent` errors (401, 404, size or hash mismatch) are not retried."""
 
     def __init__(self, message: str, *, model: str | None = None, url: str | None = None,
-                 hint: str | None = None, permanent: bool = False, status: int | None = None):
+                 hint: str | None = None, permanent: bool = False, status: int | None = None,
+                 retry_after: float | None = None):
         self.url, self.permanent, self.status = url, permanent, status
+        self.retry_after = retry_after  # seconds the server asked to wait (transient errors)
         if url and url not in message:
             message = f"{message} [{url}]"
         super().__init__(message, model=model, hint=hint)
@@ -43,12 +45,31 @@ class IntegrityError(DownloadError):
         super().__init__(message, **kw)
 
 
+class SourceChangedError(DownloadError):
+    """The file changed upstream during the download (its ETag / Last-Modified / sha256 differ from
+    the ones the download started with): nothing mixed is published; the next attempt starts over."""
+
+    def __init__(self, message: str, **kw):
+        kw.setdefault("permanent", True)
+        super().__init__(message, **kw)
+
+
+class TransferCancelled(StoreError):
+    """The cancel event was set (or the lease was lost): the part file and its sidecar are kept for
+    a later resume."""
+
+
 class OfflineError(StoreError):
     """HF_HUB_OFFLINE=1 and the model is not in the store."""
 
 
 class DiskFullError(StoreError):
     """Not enough free space (before starting, or ENOSPC while writing); temp files were removed."""
+
+    def __init__(self, message: str, *, model: str | None = None, hint: str | None = None,
+                 needed: int | None = None, available: int | None = None):
+        self.needed, self.available = needed, available  # bytes
+        super().__init__(message, model=model, hint=hint)
 
 
 class LeaseTimeout(StoreError):

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from i2v_worker.logs import log
 from i2v_worker.store import disk
+from i2v_worker.store.clock import Clock, SystemClock
 from i2v_worker.store.errors import (DiskFullError, DownloadError, IntegrityError, LeaseTimeout, OfflineError,
                                      StoreError)
 from i2v_worker.store.lease import Lease
@@ -73,8 +74,7 @@ class ModelStore:
         client: "httpx.Client | None" = None,
         s3_client_factory: Callable[..., Any] | None = None,
         lease_wait_s: float = 3600,
-        clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
+        clock: "Clock | None" = None,
         writer_id: str | None = None,
         lease_poll_s: float = 0.5,
         lease_stale_s: float = 30.0,
@@ -87,8 +87,9 @@ class ModelStore:
         self._client = client
         self._s3_client_factory = s3_client_factory
         self.lease_wait_s = lease_wait_s
-        self._clock = clock
-        self._sleep = sleep
+        # the one clock of the store (wall time, monotonic, cancellable waits): lease, resolver, downloader
+        self.clock: Clock = clock or SystemClock()
+        self._clock = self.clock.time
         self.writer_id = writer_id or disk.new_writer_id()
         self.lease_poll_s = lease_poll_s
         self.lease_stale_s = lease_stale_s
@@ -119,9 +120,10 @@ class ModelStore:
                 from i2v_worker.store.sources import SourceResolver
                 from i2v_worker.store.transfer import ConnectionBudget, Downloader
 
-                resolver = SourceResolver(self.hub, client=self._client, s3_client_factory=self._s3_client_factory)
+                resolver = SourceResolver(self.hub, client=self._client, s3_client_factory=self._s3_client_factory,
+                                          retry=self.transfer.retry, clock=self.clock)
                 budget = ConnectionBudget(self.transfer.max_connections)
-                downloader = Downloader(self.transfer, budget=budget, resolver=resolver)
+                downloader = Downloader(self.transfer, budget=budget, clock=self.clock)
                 self._engine = (resolver, downloader)
             return self._engine
 
@@ -158,9 +160,6 @@ class ModelStore:
             return False, None, None
         rec = read_record(self.root, entry.name)
         return self._record_ok(entry, rec, st), rec, st
-
-    def is_present(self, name: str) -> bool:
-        return self._probe(self.manifest.get(name))[0]
 
     def _parts(self, entry: ModelEntry) -> list[Path]:
         folder = self.root / entry.folder
@@ -325,10 +324,7 @@ class ModelStore:
             lease.release()
 
     def _sleep_or_cancel(self, cancel: threading.Event) -> bool:
-        if self._sleep is time.sleep:
-            return cancel.wait(self.lease_poll_s)
-        self._sleep(self.lease_poll_s)
-        return cancel.is_set()
+        return self.clock.wait(self.lease_poll_s, cancel)
 
     # --- download and publish ----------------------------------------------------------------------
     def _adopt_part(self, entry: ModelEntry, temp: Path) -> None:
@@ -407,7 +403,7 @@ class ModelStore:
         final = folder / entry.name
         tracker.update(entry.name, "resolving", 0, entry.size)
         source = parse_source(uri)
-        resolved = resolver.resolve(source, model=entry.name)
+        resolved = resolver.resolve(source, model=entry.name, cancel=cancel)
         server_size = getattr(resolved, "size", None)
         server_sha = getattr(resolved, "sha256", None)
         if entry.size is not None and server_size is not None and server_size != entry.size:
@@ -443,7 +439,7 @@ class ModelStore:
         try:
             got = downloader.download(
                 resolved, temp, model=entry.name,
-                reresolve=lambda: resolver.resolve(source, model=entry.name),
+                reresolve=lambda: resolver.resolve(source, model=entry.name, cancel=cancel),
                 progress=on_progress, cancel=cancel,
                 expected_size=expected_size, expected_sha256=expected_sha,
             )
