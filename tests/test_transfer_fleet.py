@@ -306,3 +306,20 @@ def test_bad_url_errors_never_print_credentials(url, tmp_path):
     with pytest.raises(StoreError) as ei:
         get_url(url, tmp_path / "out.bin", settings=Settings(model_dir=tmp_path / "store"), show_progress=False)
     assert "hunter2" not in str(ei.value) and "bad URL" in str(ei.value)
+
+
+def test_ranges_not_yet_durable_are_kept_only_on_the_same_running_kernel(hf_server, rig):
+    """`written` ranges survive a SIGKILL (the kernel has the pages), not a crash/reboot (new boot id)."""
+    data = payload()
+    hf_server.add_file(REPO, REV, PATH, data)
+    r = rig()
+    r.download(f"hf://{REPO}@{REV}/{PATH}")
+    rec = read_sidecar(r.part)
+    done, written = ((0, 4 * CHUNK),), ((4 * CHUNK, 9 * CHUNK),)
+    for boot, kept in ((rec.boot_id, 9 * CHUNK), ("another-boot", 4 * CHUNK)):
+        write_sidecar(r.part, ResumeRecord(size=rec.size, sha256=rec.sha256, etag=rec.etag, validator=rec.validator,
+                                           done=done, written=written, boot_id=boot))
+        hf_server.reset_log()
+        got = r.download(f"hf://{REPO}@{REV}/{PATH}")
+        assert r.part.read_bytes() == data and got.resumed_bytes == kept
+        assert hf_server.bytes_served == SIZE - kept

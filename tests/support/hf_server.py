@@ -1,6 +1,6 @@
 """A local Hugging Face-style file server for tests (a real HTTP/1.1 server on 127.0.0.1).
 
-It reproduces the hub behaviour a downloader relies on (see shared notes, models.md):
+It reproduces the hub behaviour a downloader relies on (as huggingface.co and its CDN behave):
 
 - ``HEAD``/``GET /{org}/{repo}/resolve/{rev}/{path}`` -> 302 with ``Location`` to a signed CDN URL
   ``http://127.0.0.1:<cdn port>/cdn/<token>/<sha256>/<file name>`` (the CDN listens on a second

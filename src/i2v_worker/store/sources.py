@@ -3,7 +3,7 @@
 Resolution turns a source into a `ResolvedSource`: the URL the transfer engine GETs ranges from,
 with the size and identity (etag / sha256) the server announces, and the headers to send.
 
-Hugging Face semantics (see shared notes, models.md): one `HEAD {endpoint}/{repo}/resolve/{rev}/
+Hugging Face semantics (the behaviour of huggingface.co a downloader relies on): one `HEAD {endpoint}/{repo}/resolve/{rev}/
 {path}` per file, `Accept-Encoding: identity`, the token sent to the hub only, redirects NOT
 followed automatically: the 302 carries `Location` (the signed CDN URL), `X-Linked-Etag` (sha256 of
 LFS files), `X-Linked-Size` and `X-Repo-Commit`. `HubConfig.offline` means no network at all.

@@ -38,7 +38,7 @@ from i2v_worker.store.transfer.local import copy_local
 from i2v_worker.store.transfer.partfile import LocalIOError, datasync, disk_full, prepare
 from i2v_worker.store.transfer.ranged import download_ranges
 from i2v_worker.store.transfer.ranges import RangeSet, Scheduler
-from i2v_worker.store.transfer.record import ResumeRecord, drop_sidecar, read_sidecar, write_sidecar
+from i2v_worker.store.transfer.record import ResumeRecord, boot_id, drop_sidecar, read_sidecar, write_sidecar
 from i2v_worker.store.transfer.responses import Aborted, Changed, RangeIgnored
 from i2v_worker.store.transfer.state import FileDownload
 from i2v_worker.store.transfer.stream import download_stream
@@ -58,6 +58,7 @@ class Downloader:
         self.transport = transport or Transport(connect_timeout_s=config.connect_timeout_s,
                                                 read_timeout_s=config.read_timeout_s, ssl_context=ssl_context)
         self._renew_lock = threading.Lock()
+        self._boot_id = boot_id()
 
     def download(self, source: ResolvedSource, part_path: Path | str, *, model: str | None = None,
                  reresolve: Callable[[], ResolvedSource] | None = None, progress: Progress | None = None,
@@ -124,7 +125,8 @@ class Downloader:
                             resumed_bytes=resumed, size=size, gaps=len(done.missing(size)))
                     self._record(dl, dl.scheduler.snapshot(), sync=False)
                     try:
-                        digest = download_ranges(dl, progress=progress, checkpoint=lambda: self._checkpoint(dl))
+                        dl.durable = [s for s in dl.scheduler.snapshot()]
+                        digest = download_ranges(dl, progress=progress, checkpoint=lambda durable=True: self._checkpoint(dl, durable))
                     except RangeIgnored:
                         log(logger, logging.WARNING, "server ignores Range requests, falling back to one stream",
                             model=model, url=dl.display)
@@ -168,29 +170,36 @@ class Downloader:
             on_disk = part.stat().st_size
         except OSError:
             return RangeSet(), source.validator
-        return RangeSet(rec.done).clipped(on_disk), rec.validator or source.validator
+        return rec.usable(self._boot_id).clipped(on_disk), rec.validator or source.validator
 
-    def _record(self, dl: FileDownload, spans: list[tuple[int, int]], *, sync: bool) -> None:
+    def _record(self, dl: FileDownload, spans: list[tuple[int, int]], *, sync: bool,
+                written: list[tuple[int, int]] | None = None) -> None:
         if sync:
             datasync(dl.fd)
         rec = ResumeRecord(size=dl.size, sha256=dl.expected_sha, etag=dl.source.etag, validator=dl.validator,
-                           done=tuple(spans))
+                           done=tuple(spans), written=tuple(written or ()), boot_id=self._boot_id)
         try:
-            write_sidecar(dl.part, rec)
+            write_sidecar(dl.part, rec, durable=written is None)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT) and not spans:
                 raise disk_full(dl.part, dl.size, dl.model, exc) from None
             log(logger, logging.WARNING, "cannot update the resume record", model=dl.model, error=str(exc))
 
-    def _checkpoint(self, dl: FileDownload) -> None:
-        """Make the written ranges durable, then record them (a failed checkpoint only costs resume)."""
+    def _checkpoint(self, dl: FileDownload, durable: bool = True) -> None:
+        """Record the written ranges: `durable` syncs the part first and records them as `done`;
+        otherwise they go to `written` (trusted on this kernel only), the durable set unchanged.
+        A failed checkpoint only costs resume progress."""
         assert dl.scheduler is not None
         spans = dl.scheduler.snapshot()  # taken before the sync: every byte in it is written
+        if not durable:
+            self._record(dl, dl.durable, sync=False, written=spans)
+            return
         try:
             datasync(dl.fd)
         except OSError as exc:
             log(logger, logging.WARNING, "cannot sync the part file", model=dl.model, error=str(exc))
             return
+        dl.durable = spans
         self._record(dl, spans, sync=False)
 
     def _finish_checks(self, dl: FileDownload, digest: str, size: int, sha: str | None) -> None:

@@ -37,7 +37,9 @@ logger = logging.getLogger("i2v_worker.store.transfer")
 NET_BLOCK = 1 * 2**20  # body buffer per connection (readinto, then pwrite)
 _SUPERVISE_S = 0.05
 _PROGRESS_S = 0.5
-_CHECKPOINT_S = 2.0
+_CHECKPOINT_S = 2.0  # make the written ranges durable and record them at least this often...
+_CHECKPOINT_MIN_BYTES = 8 * 2**20  # ...and every max(this, 1% of the file) of progress (what a crash can cost)
+_RECORD_S = 0.1  # record the written (not yet durable) ranges this often (what a SIGKILL can cost)
 _WRITEBACK_MIN = 16 * 2**20
 
 
@@ -83,7 +85,7 @@ class ConnectionGovernor:
 
 
 def download_ranges(dl: FileDownload, *, progress: Callable[[int, int | None], None] | None,
-                    checkpoint: Callable[[], None]) -> str:
+                    checkpoint: Callable[..., None]) -> str:
     """Fetch every missing piece; returns the sha256 of the whole file. Raises the internal
     outcomes RangeIgnored / Changed / Aborted (cancel), or the first worker's error."""
     cfg = dl.config
@@ -108,7 +110,10 @@ def download_ranges(dl: FileDownload, *, progress: Callable[[int, int | None], N
     progress_throttle = Throttle(_PROGRESS_S, dl.clock.monotonic)
     checkpoint_throttle = Throttle(_CHECKPOINT_S, dl.clock.monotonic)
     checkpoint_throttle.ready()
+    record_throttle = Throttle(_RECORD_S, dl.clock.monotonic)
     flushed = 0
+    every = max(_CHECKPOINT_MIN_BYTES, dl.size // 100)
+    recorded = sched.done_bytes()
     try:
         while True:
             alive = [w for w in workers if w.is_alive()]
@@ -122,8 +127,13 @@ def download_ranges(dl: FileDownload, *, progress: Callable[[int, int | None], N
                 add_workers(min(want - len(workers), sched.remaining_pieces()))
             if progress and progress_throttle.ready():
                 progress(sched.done_bytes(), dl.size)
-            if checkpoint_throttle.ready():
+            done_now = sched.done_bytes()
+            if done_now - recorded >= every or checkpoint_throttle.ready():
+                checkpoint_throttle.ready(force=True)
                 checkpoint()
+                recorded = done_now
+            elif record_throttle.ready():
+                checkpoint(False)
             elif cfg.early_writeback:
                 flushed = _writeback(dl, hasher.hashed, flushed)
     except BaseException:

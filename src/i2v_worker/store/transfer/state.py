@@ -47,6 +47,7 @@ class FileDownload:
         self.fetched = 0
         self.reresolves_without_progress = 0
         self.scheduler = scheduler
+        self.durable: list[tuple[int, int]] = []  # ranges last recorded as durable
         self.validator = validator
         self.send_if_range = True
         self.sockets = SocketSet()
