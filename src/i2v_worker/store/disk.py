@@ -10,7 +10,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from i2v_worker.store.errors import DiskFullError, StoreLayoutError
 
@@ -196,6 +196,7 @@ def reserve(part: Path, size: int, scan: list[Path], *, model: str | None, live_
     import random
 
     from i2v_worker.store.transfer import remove_part
+    from i2v_worker.store.transfer.partfile import fallocate
 
     fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -227,39 +228,6 @@ def reserve(part: Path, size: int, scan: list[Path], *, model: str | None, live_
     finally:
         if fd >= 0:
             os.close(fd)
-
-
-_libc_fallocate: Any = None
-
-
-def fallocate(fd: int, size: int) -> bool:
-    """Allocate [0, size) with the fallocate(2) syscall; False where the filesystem or OS lacks it.
-
-    Not `os.posix_fallocate`: where the filesystem has no fallocate (NFS v3, many FUSE network
-    volumes) glibc emulates it by writing every block, minutes of I/O for a 10 GB model.
-    """
-    global _libc_fallocate
-    if _libc_fallocate is None:
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            func = libc.fallocate
-            func.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
-            func.restype = ctypes.c_int
-            _libc_fallocate = func
-        except (OSError, AttributeError):
-            _libc_fallocate = False
-    if _libc_fallocate is False:
-        return False
-    import ctypes
-
-    if _libc_fallocate(fd, 0, 0, size) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
-        return False
-    raise OSError(err, os.strerror(err))
 
 
 def is_enospc(exc: BaseException) -> bool:

@@ -28,8 +28,10 @@ class DownloadError(StoreError):
     """A transfer failed. `permanent` errors (401, 404, size or hash mismatch) are not retried."""
 
     def __init__(self, message: str, *, model: str | None = None, url: str | None = None,
-                 hint: str | None = None, permanent: bool = False, status: int | None = None):
+                 hint: str | None = None, permanent: bool = False, status: int | None = None,
+                 retry_after: float | None = None):
         self.url, self.permanent, self.status = url, permanent, status
+        self.retry_after = retry_after  # seconds the server asked to wait (transient errors)
         if url and url not in message:
             message = f"{message} [{url}]"
         super().__init__(message, model=model, hint=hint)
@@ -43,6 +45,20 @@ class IntegrityError(DownloadError):
         super().__init__(message, **kw)
 
 
+class SourceChangedError(DownloadError):
+    """The file changed upstream during the download (its ETag / Last-Modified / sha256 differ from
+    the ones the download started with): nothing mixed is published; the next attempt starts over."""
+
+    def __init__(self, message: str, **kw):
+        kw.setdefault("permanent", True)
+        super().__init__(message, **kw)
+
+
+class TransferCancelled(StoreError):
+    """The cancel event was set (or the lease was lost): the part file and its sidecar are kept for
+    a later resume."""
+
+
 class OfflineError(StoreError):
     """HF_HUB_OFFLINE=1 and the model is not in the store."""
 
@@ -50,9 +66,9 @@ class OfflineError(StoreError):
 class DiskFullError(StoreError):
     """Not enough free space (before starting, or ENOSPC while writing); temp files were removed.
 
-    `needed`: bytes this download still had to allocate; `available`: bytes free on the volume
-    when it was checked; `reserved`: of those, bytes other writers' part files had claimed but not
-    yet allocated (so needed > available - reserved whenever this is raised before starting)."""
+    `needed`: bytes this download still had to allocate; `available`: bytes it could have had (free
+    on the volume minus `reserved`); `reserved`: bytes other writers' part files had claimed but not
+    yet allocated. Raised before starting, needed > available always holds."""
 
     def __init__(self, message: str, *, model: str | None = None, hint: str | None = None,
                  needed: int | None = None, available: int | None = None, reserved: int = 0):
@@ -72,6 +88,11 @@ class StoreLayoutError(StoreError):
 class LeaseLost(StoreError):
     """This writer's download lease was taken over (it was frozen or cut off longer than the stale
     time): it stopped without publishing; the new holder finishes the download."""
+
+    def __init__(self, message: str, *, model: str | None = None, hint: str | None = None,
+                 needed: int | None = None, available: int | None = None):
+        self.needed, self.available = needed, available  # bytes
+        super().__init__(message, model=model, hint=hint)
 
 
 class LeaseTimeout(StoreError):

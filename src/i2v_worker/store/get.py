@@ -60,7 +60,7 @@ def get_url(url: str, dest: str | Path, *, settings: "Settings", sha256: str | N
     tls = make_ssl_context()  # one CA bundle load (~35 ms) for the resolver and the range connections
     client = make_client(transfer, verify=tls)
     resolver = SourceResolver(HubConfig.from_settings(settings), client=client)
-    downloader = Downloader(transfer, resolver=resolver, ssl_context=tls)
+    downloader = Downloader(transfer, ssl_context=tls)
     writer = disk.new_writer_id()
     temp = dest_path.parent / disk.part_name(dest_path.name, writer)
     publish.adopt_part(dest_path.parent, dest_path.name, temp, now=time.time())  # dead local writers only

@@ -43,17 +43,14 @@ class Adopted:
 
 
 def recorded_ranges(part: Path) -> list[tuple[int, int]]:
-    """Half-open byte ranges the part's resume record says are durable and valid ([] if none)."""
-    from i2v_worker.store import transfer
+    """Half-open byte ranges of the part that its resume record says a resume on this kernel may
+    keep ([] if none): the record's own trust rule (durable ranges anywhere, merely written ones on
+    the kernel that wrote them)."""
+    from i2v_worker.store.transfer import read_sidecar
+    from i2v_worker.store.transfer.record import boot_id
 
-    reader = getattr(transfer, "recorded_ranges", None)  # the range record's own reader, when present
-    if reader is not None:
-        return [(int(a), int(b)) for a, b in reader(part)]
-    data = transfer.read_sidecar(part)
-    if data is None:
-        return []
-    verified = data.get("verified")
-    return [(0, verified)] if isinstance(verified, int) and verified > 0 else []
+    record = read_sidecar(part)
+    return [] if record is None else record.usable(boot_id()).spans()
 
 
 def _adoptable(writer_id: str, mtime: float, *, previous_holder: str | None, now: float,

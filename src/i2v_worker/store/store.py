@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from i2v_worker.logs import log
 from i2v_worker.store import disk, publish
+from i2v_worker.store.clock import Clock, SystemClock
 from i2v_worker.store.errors import (DiskFullError, DownloadError, IntegrityError, LeaseLost, LeaseTimeout,
                                      OfflineError, StoreError)
 from i2v_worker.store.lease import CLAIM_SUFFIX, Lease
@@ -72,8 +73,7 @@ class ModelStore:
         client: "httpx.Client | None" = None,
         s3_client_factory: Callable[..., Any] | None = None,
         lease_wait_s: float = 3600,
-        clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
+        clock: "Clock | None" = None,
         writer_id: str | None = None,
         lease_poll_s: float = 0.5,
         lease_stale_s: float = 30.0,
@@ -86,8 +86,9 @@ class ModelStore:
         self._client = client
         self._s3_client_factory = s3_client_factory
         self.lease_wait_s = lease_wait_s
-        self._clock = clock
-        self._sleep = sleep
+        # the one clock of the store (wall time, monotonic, cancellable waits): lease, resolver, downloader
+        self.clock: Clock = clock or SystemClock()
+        self._clock = self.clock.time
         self.writer_id = writer_id or disk.new_writer_id()
         self.lease_poll_s = lease_poll_s
         self.lease_stale_s = lease_stale_s
@@ -118,9 +119,10 @@ class ModelStore:
                 from i2v_worker.store.sources import SourceResolver
                 from i2v_worker.store.transfer import ConnectionBudget, Downloader
 
-                resolver = SourceResolver(self.hub, client=self._client, s3_client_factory=self._s3_client_factory)
+                resolver = SourceResolver(self.hub, client=self._client, s3_client_factory=self._s3_client_factory,
+                                          retry=self.transfer.retry, clock=self.clock)
                 budget = ConnectionBudget(self.transfer.max_connections)
-                downloader = Downloader(self.transfer, budget=budget, resolver=resolver)
+                downloader = Downloader(self.transfer, budget=budget, clock=self.clock)
                 self._engine = (resolver, downloader)
             return self._engine
 
@@ -130,7 +132,8 @@ class ModelStore:
         return self.root / e.folder / e.name
 
     def _lease(self, name: str) -> Lease:
-        return Lease(self.root / ".i2v" / "leases", name, self.writer_id, clock=self._clock,
+        return Lease(self.root / ".i2v" / "leases", name, self.writer_id, clock=self.clock.time,
+                     monotonic=self.clock.monotonic,
                      stale_after=self.lease_stale_s, heartbeat_every=self.lease_heartbeat_s)
 
     def _record_ok(self, entry: ModelEntry, rec: VerificationRecord | None, st: os.stat_result | None) -> bool:
@@ -340,11 +343,8 @@ class ModelStore:
             disk.make_dirs(d, model=entry.name)
 
     def _sleep_or_cancel(self, cancel: threading.Event) -> bool:
-        """Sleep one lease poll (the injected sleep; interruptible by `cancel` with the real one)."""
-        if self._sleep is time.sleep:
-            return cancel.wait(self.lease_poll_s)
-        self._sleep(self.lease_poll_s)
-        return cancel.is_set()
+        """Wait one lease poll on the store's clock; True when `cancel` was set meanwhile."""
+        return self.clock.wait(self.lease_poll_s, cancel)
 
     # --- download and publish ----------------------------------------------------------------------
     def _download(self, entry: ModelEntry, tracker: ProgressTracker, abort: threading.Event, lease: Lease) -> Path:
@@ -407,7 +407,7 @@ class ModelStore:
         final = folder / entry.name
         tracker.update(entry.name, "resolving", 0, entry.size)
         source = parse_source(uri)
-        resolved = resolver.resolve(source, model=entry.name)
+        resolved = resolver.resolve(source, model=entry.name, cancel=abort)
         server_size, server_sha = resolved.size, resolved.sha256
         if entry.size is not None and server_size is not None and server_size != entry.size:
             raise IntegrityError(
@@ -433,7 +433,7 @@ class ModelStore:
             # (other processes, other hosts) have claimed: one clear DiskFullError up front.
             try:
                 disk.reserve(temp, expected_size, [self.root / f for f in FOLDERS], model=entry.name,
-                             live_s=self.lease_stale_s, clock=self._clock)
+                             live_s=self.lease_stale_s, clock=self.clock.time, sleep=self.clock.wait)
             except OSError as exc:
                 raise self._write_failed(exc, temp, entry) from None
 
@@ -443,7 +443,7 @@ class ModelStore:
         try:
             got = downloader.download(
                 resolved, temp, model=entry.name,
-                reresolve=lambda: resolver.resolve(source, model=entry.name),
+                reresolve=lambda: resolver.resolve(source, model=entry.name, cancel=abort),
                 progress=on_progress, cancel=abort,
                 expected_size=expected_size, expected_sha256=expected_sha,
             )
