@@ -15,7 +15,6 @@ from typing import Callable
 from i2v_worker.store.errors import DiskFullError, StoreLayoutError
 
 PART_SUFFIX = ".part"
-SIDECAR_SUFFIX = ".part.json"  # the transfer engine's resume state: part_path + ".json"
 
 
 def new_writer_id() -> str:
@@ -260,8 +259,10 @@ def fsync_dir(path: Path) -> None:
 
 
 def part_progress(part: Path) -> int:
-    """Bytes of a part file verified in order (from the transfer engine's sidecar), 0 if unknown.
-    The part itself is preallocated, so its size says nothing about progress."""
+    """Bytes of a part file its resume record counts as written (`verified`), 0 if unknown. The
+    part itself is preallocated, so its size says nothing about progress. Reads the record's JSON
+    directly (its name is transfer.sidecar_path's `part + ".json"`): `status` must not import the
+    transfer engine (httpx) just to show progress."""
     import json
 
     try:

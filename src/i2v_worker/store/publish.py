@@ -70,7 +70,7 @@ def adopt_part(folder: Path, name: str, temp: Path, *, now: float, previous_hold
                cancel: threading.Event | None = None) -> Adopted | None:
     """Copy the best reusable part of `name` in `folder` into `temp` (our own fresh part) with its
     resume record, then remove it. None when there is nothing to reuse."""
-    from i2v_worker.store.transfer import remove_part, sidecar_path
+    from i2v_worker.store.transfer import remove_part, sidecar_path, sidecar_tmp_path
 
     best: tuple[int, Path, bytes, list[tuple[int, int]]] | None = None
     try:
@@ -100,7 +100,7 @@ def adopt_part(folder: Path, name: str, temp: Path, *, now: float, previous_hold
     done, part, record, ranges = best
     try:
         _copy_ranges(part, temp, ranges, cancel)
-        tmp = Path(str(sidecar_path(temp)) + ".tmp")
+        tmp = sidecar_tmp_path(temp)
         with open(tmp, "wb") as fh:  # the record read BEFORE the copy: it never claims more than we copied
             fh.write(record)
             fh.flush()
@@ -200,7 +200,7 @@ def publish(temp: Path, final: Path, *, got_size: int, got_sha256: str, expected
     `owns` is asked right before the rename: a writer that lost its lease (another writer took the
     download over) must not publish; it gets LeaseLost and its part is left for the new holder.
     On a verification failure or ENOSPC the part and its resume record are removed."""
-    from i2v_worker.store.transfer import remove_part, sidecar_path
+    from i2v_worker.store.transfer import remove_part, sidecar_path, sidecar_tmp_path
 
     problem = None
     if expected_size is not None and got_size != expected_size:
@@ -231,5 +231,5 @@ def publish(temp: Path, final: Path, *, got_size: int, got_sha256: str, expected
     st = os.stat(final)
     if record is not None:
         record(st)
-    disk.remove_quietly(sidecar_path(temp), Path(str(sidecar_path(temp)) + ".tmp"))
+    disk.remove_quietly(sidecar_path(temp), sidecar_tmp_path(temp))
     return st

@@ -3,13 +3,15 @@
 Layout under the store root R (a contract with the engines and tests):
 
 - `R/<folder>/<name>`: a published model (folder = the manifest's ComfyUI folder).
-- `R/<folder>/.<name>.<writer id>.part` (+ `.part.json`, the transfer engine's resume state): a
-  writer's own temp file; ComfyUI never lists dot files.
-- `R/.i2v/records/<name>.json`: the verification record (size, sha256, mtime_ns, ...), so presence
-  is a `stat` plus a small JSON read: no network, no rehash.
-- `R/.i2v/leases/<name>.lease`: the download lease (see lease.py): one download per model at a
-  time across processes and machines. Correctness never depends on it: every writer verifies its
-  own temp file and publishes with an atomic rename.
+- `R/<folder>/.<name>.<writer id>.part` (+ `.part.json`, the transfer engine's resume record): a
+  writer's own temp file; ComfyUI never lists dot files. Its size (before any byte arrives) is the
+  writer's claim on the volume's free space (disk.reserve).
+- `R/.i2v/records/<name>.json`: the verification record (size, sha256, mtime_ns, ctime_ns, inode,
+  ...), so presence is a `stat` plus a small JSON read: no network, no rehash.
+- `R/.i2v/leases/<name>.lease` (+ short-lived `.<name>.lease.*.claim` / `.new` files of a takeover
+  or an acquisition): the download lease (see lease.py): one download per model at a time across
+  processes and machines. Correctness never depends on it: every writer verifies its own temp file
+  and publishes with an atomic rename (publish.py, the one publish protocol).
 """
 
 from __future__ import annotations
@@ -170,11 +172,6 @@ class ModelStore:
                 if n.startswith(prefix) and n.endswith(disk.PART_SUFFIX)
                 and disk.parse_part_name(n, {entry.name}) is not None]
 
-    @staticmethod
-    def _part_bytes(part: Path) -> int:
-        """Bytes of a part file verified in order (its resume sidecar); parts are preallocated."""
-        return disk.part_progress(part)
-
     def status(self, names: Iterable[str] | None = None) -> list[ModelStatus]:
         """State of each model (default: every manifest entry). No network, no hashing."""
         entries = self.manifest.entries if names is None else [self.manifest.get(n) for n in names]
@@ -192,7 +189,7 @@ class ModelStore:
                                        st.st_size, e.sha256))
                 continue
             parts = self._parts(e)
-            done = max((self._part_bytes(p) for p in parts), default=0)
+            done = max((disk.part_progress(p) for p in parts), default=0)
             lease = self._lease(e.name)
             info = lease.read()
             if info is not None and not lease.is_stale(info):
@@ -333,7 +330,7 @@ class ModelStore:
                     f"{self.lease_stale_s:.0f} s after its last heartbeat",
                 )
             parts = self._parts(entry)
-            tracker.update(entry.name, "waiting", max((self._part_bytes(p) for p in parts), default=0),
+            tracker.update(entry.name, "waiting", max((disk.part_progress(p) for p in parts), default=0),
                            entry.size, f"waiting for {info.holder} on {info.host}")
             self._sleep_or_cancel(cancel)
 
@@ -632,10 +629,10 @@ def _remove_part(temp: Path) -> None:
 def _drop_orphan_sidecar(temp: Path) -> None:
     """After losing the lease: when the new holder already adopted (copied and removed) our part,
     the resume record we may have rewritten since describes nothing; remove it."""
-    from i2v_worker.store.transfer import sidecar_path
+    from i2v_worker.store.transfer import sidecar_path, sidecar_tmp_path
 
     if not temp.exists():
-        disk.remove_quietly(sidecar_path(temp), Path(str(sidecar_path(temp)) + ".tmp"))
+        disk.remove_quietly(sidecar_path(temp), sidecar_tmp_path(temp))
 
 
 class _EitherEvent(threading.Event):
