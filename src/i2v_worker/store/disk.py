@@ -215,8 +215,16 @@ def reserve(part: Path, size: int, scan: list[Path], *, model: str | None, live_
                     if not is_enospc(exc):
                         raise
                     if attempt + 1 == attempts:
-                        raise disk_full_error(check_space(part, size, scan, now=clock(), live_s=live_s),
-                                              part.parent, model=model) from None
+                        now = check_space(part, size, scan, now=clock(), live_s=live_s)
+                        if now.needed > now.available:
+                            raise disk_full_error(now, part.parent, model=model) from None
+                        raise DiskFullError(  # the numbers would say it fits: say what happened instead
+                            f"not enough disk space in {part.parent}: allocating {now.needed} bytes failed "
+                            f"{attempts} times while other downloads were allocating at the same moment "
+                            f"({now.available} bytes are available now)", model=model, needed=now.needed,
+                            available=now.available, reserved=now.reserved,
+                            hint="try again; if it persists, free some space or point I2V_MODEL_DIR at a "
+                            "larger volume") from None
             os.ftruncate(fd, 0)  # withdraw, so the other writer can go ahead
             sleep(random.uniform(0.05, 0.3) * (attempt + 1))
     except BaseException:

@@ -89,11 +89,6 @@ class LeaseLost(StoreError):
     """This writer's download lease was taken over (it was frozen or cut off longer than the stale
     time): it stopped without publishing; the new holder finishes the download."""
 
-    def __init__(self, message: str, *, model: str | None = None, hint: str | None = None,
-                 needed: int | None = None, available: int | None = None):
-        self.needed, self.available = needed, available  # bytes
-        super().__init__(message, model=model, hint=hint)
-
 
 class LeaseTimeout(StoreError):
     """Another worker holds the download lease and did not finish within the wait limit."""
