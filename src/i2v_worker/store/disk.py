@@ -58,9 +58,9 @@ def parse_part_name(filename: str, known_names: set[str]) -> tuple[str, str] | N
     return parsed if parsed is not None and parsed[0] in known_names else None
 
 
-def layout_error(exc: OSError, path: Path, *, model: str | None = None) -> BaseException:
-    """A StoreLayoutError naming the path and what to do, for the ways a store folder can be
-    unusable (read-only, no permission, a file where a folder belongs); other errors unchanged."""
+def layout_error(exc: OSError, path: Path, *, model: str | None = None) -> StoreLayoutError:
+    """A StoreLayoutError naming the path and what to do: read-only or no permission, a file where
+    a folder belongs, or any other filesystem error there (a flaky or unmounted volume)."""
     import errno as e
 
     if exc.errno in (e.EROFS, e.EACCES, e.EPERM):
@@ -76,7 +76,11 @@ def layout_error(exc: OSError, path: Path, *, model: str | None = None) -> BaseE
             f"{blocker} is a file, but the model store needs a folder there", path=str(blocker), model=model,
             hint=f"move or delete {blocker}, or point I2V_MODEL_DIR at another folder",
         )
-    return exc
+    where = Path(exc.filename) if exc.filename else path
+    return StoreLayoutError(
+        f"the model store cannot be used at {where}: {exc.strerror or exc}", path=str(where), model=model,
+        hint="check the volume (mounted, healthy, reachable); the operation is safe to retry",
+    )
 
 
 def _file_in_the_way(path: Path) -> Path:

@@ -31,7 +31,7 @@ from i2v_worker.store import disk, publish
 from i2v_worker.store.clock import Clock, SystemClock
 from i2v_worker.store.errors import (DiskFullError, DownloadError, IntegrityError, LeaseLost, LeaseTimeout,
                                      OfflineError, StoreError)
-from i2v_worker.store.lease import CLAIM_SUFFIX, Lease
+from i2v_worker.store.lease import CLAIM_SUFFIX, Lease, LeaseUnreadable
 from i2v_worker.store.manifest import FOLDER_ALIASES, FOLDERS, Manifest, ModelEntry, load_manifest
 from i2v_worker.store.progress import ProgressTracker
 from i2v_worker.store.records import VerificationRecord, matches, read_record, remove_record, write_record
@@ -311,15 +311,20 @@ class ModelStore:
             try:
                 if lease.try_acquire():
                     return lease
+                info = lease.read_strict()
+                if info is not None and lease.is_stale(info):
+                    if lease.take_over(info):
+                        return lease
+                    continue
+            except LeaseUnreadable as exc:  # a flaky volume (ESTALE, EIO): wait and look again
+                if self._clock() >= deadline:
+                    raise disk.layout_error(exc, lease.path, model=entry.name) from None
+                self._sleep_or_cancel(cancel)
+                continue
             except OSError as exc:
                 raise disk.layout_error(exc, lease.path.parent, model=entry.name) from None
-            info = lease.read()
-            if info is None:  # released just now (or unreadable): try again almost at once
+            if info is None:  # released just now: try again almost at once
                 cancel.wait(0.01)
-                continue
-            if lease.is_stale(info):
-                if lease.take_over(info):
-                    return lease
                 continue
             if self._clock() >= deadline:
                 raise LeaseTimeout(
