@@ -22,14 +22,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from i2v_worker.logs import log
 from i2v_worker.store import disk
 from i2v_worker.store.errors import DiskFullError, IntegrityError, LeaseLost
+
+if TYPE_CHECKING:  # pragma: no cover
+    from i2v_worker.store.clock import Cancel
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +69,7 @@ def _adoptable(writer_id: str, mtime: float, *, previous_holder: str | None, now
 
 def adopt_part(folder: Path, name: str, temp: Path, *, now: float, previous_holder: str | None = None,
                stale_after: float | None = None, model: str | None = None,
-               cancel: threading.Event | None = None) -> Adopted | None:
+               cancel: "Cancel | None" = None) -> Adopted | None:
     """Copy the best reusable part of `name` in `folder` into `temp` (our own fresh part) with its
     resume record, then remove it. None when there is nothing to reuse."""
     from i2v_worker.store.transfer import remove_part, sidecar_path, sidecar_tmp_path
@@ -120,7 +122,7 @@ def adopt_part(folder: Path, name: str, temp: Path, *, now: float, previous_hold
     return Adopted(part, done)
 
 
-def _copy_ranges(src: Path, dst: Path, ranges: list[tuple[int, int]], cancel: threading.Event | None) -> None:
+def _copy_ranges(src: Path, dst: Path, ranges: list[tuple[int, int]], cancel: "Cancel | None") -> None:
     sfd = os.open(src, os.O_RDONLY)
     try:
         dfd = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -153,7 +155,7 @@ def _copy_chunk(sfd: int, dfd: int, pos: int, n: int) -> int:
     return os.pwrite(dfd, data, pos) if data else 0
 
 
-def hash_file(path: Path, chunk: int = 8 * 2**20, cancel: threading.Event | None = None) -> tuple[int, str]:
+def hash_file(path: Path, chunk: int = 8 * 2**20, cancel: "Cancel | None" = None) -> tuple[int, str]:
     """(size, sha256) of a file in one pass."""
     h = hashlib.sha256()
     size = 0

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from i2v_worker.logs import log
 from i2v_worker.store import disk, publish
-from i2v_worker.store.clock import Clock, SystemClock
+from i2v_worker.store.clock import AnyCancel, Cancel, Clock, SystemClock
 from i2v_worker.store.errors import (DiskFullError, DownloadError, IntegrityError, LeaseLost, LeaseTimeout,
                                      OfflineError, StoreError)
 from i2v_worker.store.lease import CLAIM_SUFFIX, Lease, LeaseUnreadable
@@ -277,7 +277,7 @@ class ModelStore:
             lease = self._acquire(entry, tracker, cancel, deadline)
             if lease is None:
                 return final  # published by someone else meanwhile
-            abort = _EitherEvent(cancel, lease.lost)  # stop the download when the lease is lost
+            abort = AnyCancel(cancel, lease.lost)  # stop the download when the lease is lost
             lease.start_heartbeat()
             try:
                 ok, rec, _ = self._probe(entry)
@@ -349,7 +349,7 @@ class ModelStore:
         return self.clock.wait(self.lease_poll_s, cancel)
 
     # --- download and publish ----------------------------------------------------------------------
-    def _download(self, entry: ModelEntry, tracker: ProgressTracker, abort: threading.Event, lease: Lease) -> Path:
+    def _download(self, entry: ModelEntry, tracker: ProgressTracker, abort: Cancel, lease: Lease) -> Path:
         folder = self.root / entry.folder
         temp = folder / disk.part_name(entry.name, self.writer_id)
         if (folder / entry.name).exists():
@@ -400,7 +400,7 @@ class ModelStore:
         ), writer_id=self.writer_id)
 
     def _download_from(self, entry: ModelEntry, uri: str, temp: Path, tracker: ProgressTracker,
-                       abort: threading.Event, lease: Lease) -> Path:
+                       abort: Cancel, lease: Lease) -> Path:
         from i2v_worker.store.sources import parse_source
         from i2v_worker.store.transfer import TransferCancelled
 
@@ -409,7 +409,10 @@ class ModelStore:
         final = folder / entry.name
         tracker.update(entry.name, "resolving", 0, entry.size)
         source = parse_source(uri)
-        resolved = resolver.resolve(source, model=entry.name, cancel=abort)
+        try:
+            resolved = resolver.resolve(source, model=entry.name, cancel=abort)
+        except TransferCancelled as exc:  # cancelled during a Retry-After wait
+            raise self._stopped(exc, lease, entry, temp) from exc
         server_size, server_sha = resolved.size, resolved.sha256
         if entry.size is not None and server_size is not None and server_size != entry.size:
             raise IntegrityError(
@@ -453,11 +456,7 @@ class ModelStore:
             _remove_part(temp)
             raise
         except TransferCancelled as exc:  # part and sidecar kept for resume
-            if lease.lost.is_set():
-                _drop_orphan_sidecar(temp)
-                raise LeaseLost("the download lease was taken over; stopped", model=entry.name) from exc
-            raise EnsureCancelled("cancelled; the partial download is kept and resumes next time",
-                                  model=entry.name) from exc
+            raise self._stopped(exc, lease, entry, temp) from exc
         except StoreError as exc:
             if disk.is_enospc(exc):
                 raise self._write_failed(exc, temp, entry) from None
@@ -482,6 +481,14 @@ class ModelStore:
         log(logger, logging.INFO, "model published", model=entry.name, bytes=got.size, path=str(final),
             pinned=entry.pinned, resumed_bytes=got.resumed_bytes)
         return final
+
+    @staticmethod
+    def _stopped(exc: BaseException, lease: Lease, entry: ModelEntry, temp: Path) -> StoreError:
+        """A cancelled transfer: LeaseLost when the lease was taken over, else EnsureCancelled."""
+        if lease.lost.is_set():
+            _drop_orphan_sidecar(temp)
+            return LeaseLost("the download lease was taken over; stopped", model=entry.name)
+        return EnsureCancelled("cancelled; the partial download is kept and resumes next time", model=entry.name)
 
     @staticmethod
     def _write_failed(exc: BaseException, temp: Path, entry: ModelEntry) -> BaseException:
@@ -638,24 +645,3 @@ def _drop_orphan_sidecar(temp: Path) -> None:
 
     if not temp.exists():
         disk.remove_quietly(sidecar_path(temp), sidecar_tmp_path(temp))
-
-
-class _EitherEvent(threading.Event):
-    """An Event that also reads as set when `parent` is (the caller's cancel): the download's abort
-    signal is 'cancelled or lease lost'. Setting it does not set the parent."""
-
-    def __init__(self, parent: threading.Event, other: threading.Event) -> None:
-        super().__init__()
-        self._parents = (parent, other)
-
-    def is_set(self) -> bool:
-        return super().is_set() or any(p.is_set() for p in self._parents)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        end = None if timeout is None else time.monotonic() + timeout
-        while not self.is_set():
-            left = 0.1 if end is None else min(0.1, end - time.monotonic())
-            if left <= 0:
-                return self.is_set()
-            super().wait(left)
-        return True
