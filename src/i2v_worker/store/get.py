@@ -63,11 +63,15 @@ def get_url(url: str, dest: str | Path, *, settings: "Settings", sha256: str | N
     downloader = Downloader(transfer, ssl_context=tls)
     writer = disk.new_writer_id()
     temp = dest_path.parent / disk.part_name(dest_path.name, writer)
-    publish.adopt_part(dest_path.parent, dest_path.name, temp, now=time.time())  # dead local writers only
 
     t0 = time.monotonic()
     resolved = resolver.resolve(src, model=dest_path.name)
     want_size = resolved.size if size is None else size
+    if publish.recognise(dest_path, want_size, sha256 or resolved.sha256) is not None:
+        # DEST already holds exactly these bytes (e.g. killed right after the rename): one hash pass
+        assert want_size is not None
+        return GetResult(dest_path, want_size, sha256 or resolved.sha256 or "", time.monotonic() - t0, 0, 0)
+    publish.adopt_part(dest_path.parent, dest_path.name, temp, now=time.time())  # dead local writers only
     bar = None
     if show_progress is None:
         show_progress = sys.stderr.isatty()
