@@ -94,9 +94,14 @@ def test_paused_writer_loses_its_lease_and_never_touches_the_published_file(tmp_
         published = final.stat()
         assert published.st_ino != ino_a  # the taken-over part was copied, not renamed
         assert sha256(final) == sha
+        time.sleep(0.5)
+        served_before_wake = hf_server.bytes_served
     finally:
         os.kill(a.pid, signal.SIGCONT)
     res_a, err_a = finish(a)  # A wakes up with its descriptors still open on its old part
+    # ... and stops at once (its lease expired while it slept: checked before every write), rather
+    # than fetching the rest of the file into a part nobody will publish.
+    assert hf_server.bytes_served - served_before_wake < size // 4
     assert res_a["ok"], err_a  # ... finds its lease lost, stops, and uses B's file
     # It noticed (heartbeat: "lost the download lease"; or at publish, its part already adopted):
     assert "lost the download lease" in err_a or "stopped a download whose lease was taken over" in err_a, err_a

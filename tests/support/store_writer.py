@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,7 +27,9 @@ def main() -> int:
     p.add_argument("--connections", type=int, default=2)
     p.add_argument("--start-at", type=float, default=0.0, help="unix time to start at (line writers up)")
     a = p.parse_args()
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+    from i2v_worker.logs import configure_logging
+
+    configure_logging("INFO", sys.stderr)
     from i2v_worker.store import load_manifest
     from tests.support.store_helpers import make_store
 

@@ -22,7 +22,10 @@ inode: whoever's inode sits under that name holds it, and the holder keeps a des
 - Transient filesystem errors (ESTALE, EIO from a flaky volume) never mark the lease lost: the
   heartbeat retries. The lease is lost only on positive evidence (another inode under the name), or
   when the holder could not refresh it for longer than `stale_after` (others may take over by then).
-  Losing it sets `lost` (an Event), which the store passes to the download as its abort signal.
+  Losing it sets `lost` (an Event). The download's abort signal is `stop_signal`: lost, or EXPIRED
+  (no successful heartbeat for nearly the stale time: frozen by SIGSTOP or a VM pause, or stuck in a
+  slow fsync), checked without a system call before each write, so a writer that wakes up after
+  others may have taken over stops at once instead of waiting for its heartbeat thread.
 
 Hand-written rather than a lock library on purpose: flock/fcntl silently succeed for everyone on
 some network filesystems, and a lease must survive machines that die without releasing. The lease
@@ -99,6 +102,12 @@ class Lease:
         self.heartbeat_every = heartbeat_every
         self.lost = threading.Event()  # set once the lease is lost: the download's abort signal
         self._fd: int | None = None  # open on OUR lease inode while held
+        # Every use of _fd (fstat, pwrite, fsync, relink, close) holds this lock: a descriptor
+        # closed under a heartbeat stuck in fsync could be reused by another file (a part!) and the
+        # heartbeat would then write lease JSON into it. release() never closes it under the lock
+        # holder: it hands the close to the heartbeat thread instead.
+        self._fd_lock = threading.Lock()
+        self._close_on_exit = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._started = 0.0
@@ -108,6 +117,18 @@ class Lease:
     @property
     def held(self) -> bool:
         return self._fd is not None and not self.lost.is_set()
+
+    def expired(self) -> bool:
+        """Our last successful heartbeat is so old that others may find the lease stale any moment
+        (we were frozen, or the heartbeat is stuck in a slow fsync): a holder must not act on the
+        lease then. Costs no system call: checked before every write of the download."""
+        limit = max(self.stale_after - self.heartbeat_every, self.stale_after / 2)
+        return self._fd is not None and self._monotonic() - self._last_ok > limit
+
+    @property
+    def stop_signal(self) -> "_StopSignal":
+        """Set (`is_set()`) when the lease is lost or expired: the download's abort signal."""
+        return _StopSignal(self)
 
     # --- reading --------------------------------------------------------------------------------
     def read(self) -> LeaseInfo | None:
@@ -228,6 +249,16 @@ class Lease:
         self._thread.start()
 
     def _beat(self) -> None:
+        try:
+            self._beat_loop()
+        finally:
+            with self._fd_lock:
+                if self._close_on_exit and self._fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(self._fd)
+                    self._fd = None
+
+    def _beat_loop(self) -> None:
         while not self._stop.wait(self.heartbeat_every):
             try:
                 self.refresh()
@@ -242,17 +273,27 @@ class Lease:
     def refresh(self) -> None:
         """Check we still hold the lease and write a new heartbeat. Raises OSError on a transient
         filesystem error (the lease is NOT marked lost for that)."""
+        with self._fd_lock:
+            self._refresh_locked()
+
+    def _refresh_locked(self) -> None:
         fd = self._fd
         if fd is None or self.lost.is_set():
             return
-        if self.still_held():
+        if self._still_held_locked():
+            fd = self._fd  # _relink may have replaced it
+            t = self._monotonic()  # others judge us by the time written now, not after the fsync
             os.pwrite(fd, self._content(), 0)
             os.fsync(fd)
-            self._last_ok = self._monotonic()
+            self._last_ok = t
 
     def still_held(self) -> bool:
         """Whether the lease name still points at our inode. False marks the lease lost; a
         transient error raises OSError (nothing decided)."""
+        with self._fd_lock:
+            return self._still_held_locked()
+
+    def _still_held_locked(self) -> bool:
         fd = self._fd
         if fd is None or self.lost.is_set():
             return False
@@ -302,7 +343,15 @@ class Lease:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
-        fd, self._fd = self._fd, None
+        if not self._fd_lock.acquire(timeout=1.0):
+            # The heartbeat is stuck in a slow fsync holding the descriptor: it closes it on exit
+            # (our lease file stays; it turns stale and is taken over like a dead holder's).
+            self._close_on_exit = True
+            return
+        try:
+            fd, self._fd = self._fd, None
+        finally:
+            self._fd_lock.release()
         if fd is None:
             return
         try:
@@ -323,6 +372,16 @@ class Lease:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+class _StopSignal:
+    """Lease lost or expired, as a cancel signal (`is_set()`), for the download it protects."""
+
+    def __init__(self, lease: Lease) -> None:
+        self._lease = lease
+
+    def is_set(self) -> bool:
+        return self._lease.lost.is_set() or self._lease.expired()
 
 
 def _parse(raw: bytes, mtime: float) -> LeaseInfo:

@@ -134,8 +134,9 @@ class ModelStore:
         return self.root / e.folder / e.name
 
     def _lease(self, name: str) -> Lease:
+        # Wall time from the store's clock (what leases say and how old they look); the heartbeat's
+        # own timing (expiry) stays on the real monotonic clock its thread sleeps on.
         return Lease(self.root / ".i2v" / "leases", name, self.writer_id, clock=self.clock.time,
-                     monotonic=self.clock.monotonic,
                      stale_after=self.lease_stale_s, heartbeat_every=self.lease_heartbeat_s)
 
     def _record_ok(self, entry: ModelEntry, rec: VerificationRecord | None, st: os.stat_result | None) -> bool:
@@ -277,7 +278,7 @@ class ModelStore:
             lease = self._acquire(entry, tracker, cancel, deadline)
             if lease is None:
                 return final  # published by someone else meanwhile
-            abort = AnyCancel(cancel, lease.lost)  # stop the download when the lease is lost
+            abort = AnyCancel(cancel, lease.stop_signal)  # stop the download when the lease is lost
             lease.start_heartbeat()
             try:
                 ok, rec, _ = self._probe(entry)
@@ -485,9 +486,10 @@ class ModelStore:
     @staticmethod
     def _stopped(exc: BaseException, lease: Lease, entry: ModelEntry, temp: Path) -> StoreError:
         """A cancelled transfer: LeaseLost when the lease was taken over, else EnsureCancelled."""
-        if lease.lost.is_set():
+        if lease.lost.is_set() or lease.expired():
             _drop_orphan_sidecar(temp)
-            return LeaseLost("the download lease was taken over; stopped", model=entry.name)
+            why = "was taken over" if lease.lost.is_set() else "could not be renewed in time"
+            return LeaseLost(f"the download lease {why}; stopped", model=entry.name)
         return EnsureCancelled("cancelled; the partial download is kept and resumes next time", model=entry.name)
 
     @staticmethod
