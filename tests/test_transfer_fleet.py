@@ -323,3 +323,19 @@ def test_ranges_not_yet_durable_are_kept_only_on_the_same_running_kernel(hf_serv
         got = r.download(f"hf://{REPO}@{REV}/{PATH}")
         assert r.part.read_bytes() == data and got.resumed_bytes == kept
         assert hf_server.bytes_served == SIZE - kept
+
+
+def test_resume_record_naming_another_cdn_validator_starts_over_instead_of_failing(hf_server, rig):
+    """hf:// with a known sha256: a record whose validator the CDN no longer presents (another edge,
+    another object id for the same content) must cost a restart, never a permanent failure."""
+    data = payload()
+    hf_server.add_file(REPO, REV, PATH, data)
+    r = rig()
+    r.download(f"hf://{REPO}@{REV}/{PATH}")
+    rec = read_sidecar(r.part)
+    from i2v_worker.store.sources import Validator
+    write_sidecar(r.part, ResumeRecord(size=rec.size, sha256=rec.sha256, etag=rec.etag,
+                                       validator=Validator(etag='"another-edge"'), done=((0, SIZE // 2),)))
+    hf_server.reset_log()
+    got = r.download(f"hf://{REPO}@{REV}/{PATH}")
+    assert r.part.read_bytes() == data and got.sha256 == sha(data) and got.resumed_bytes == 0
