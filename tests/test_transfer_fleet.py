@@ -205,6 +205,7 @@ def test_resume_fetches_only_the_missing_ranges_wherever_they_are(hf_server, rig
     kept = sum(b - a for a, b in done)
     assert r.part.read_bytes() == data and got.sha256 == sha(data)
     assert got.resumed_bytes == kept and got.fetched_bytes == SIZE - kept
+    assert got.connections == 2  # the gaps are fetched in parallel too
     assert hf_server.bytes_served == SIZE - kept  # only the two gaps were fetched
 
 

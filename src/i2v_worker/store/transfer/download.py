@@ -152,7 +152,7 @@ class Downloader:
                 raise self._public_error(dl, exc) from exc
             self._finish_checks(dl, digest, size, sha)
             took = max(self.clock.monotonic() - t0, 1e-6)
-            connections = getattr(dl, "connections_used", 1)
+            connections = dl.connections_used
             log(logger, logging.INFO, "download complete", model=model, url=dl.display, size=size,
                 fetched=dl.fetched, resumed=resumed, seconds=round(took, 2),
                 mib_s=round(dl.fetched / took / 2**20, 1), connections=connections)

@@ -153,6 +153,7 @@ def download_ranges(dl: FileDownload, *, progress: Callable[[int, int | None], N
             w.start()
 
     add_workers(governor.target)
+    dl.connections_used = len(workers)
     progress_throttle = Throttle(_PROGRESS_S, dl.clock.monotonic)
     checkpoint_throttle = Throttle(_CHECKPOINT_S, dl.clock.monotonic)
     checkpoint_throttle.ready()
@@ -172,6 +173,7 @@ def download_ranges(dl: FileDownload, *, progress: Callable[[int, int | None], N
             want = governor.observe(sched.done_bytes() - sched.resumed)
             if want > len(workers) and sched.remaining_pieces() > 0 and not dl.stopped():
                 add_workers(min(want - len(workers), sched.remaining_pieces()))
+            dl.connections_used = len(workers)
             if progress and progress_throttle.ready():
                 progress(sched.done_bytes(), dl.size)
             done_now = sched.done_bytes()
@@ -204,8 +206,6 @@ def download_ranges(dl: FileDownload, *, progress: Callable[[int, int | None], N
     checkpoint()
     if progress:
         progress(dl.size, dl.size)
-    log(logger, logging.DEBUG, "connections used", model=dl.model, connections=len(workers))
-    dl.connections_used = len(workers)  # type: ignore[attr-defined]
     return digest
 
 

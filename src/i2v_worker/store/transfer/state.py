@@ -45,6 +45,7 @@ class FileDownload:
         self.error: BaseException | None = None
         self.range_ignored = False
         self.fetched = 0
+        self.connections_used = 1  # connections the file ended up with (ranged.ConnectionGovernor)
         self.reresolves_without_progress = 0
         self.scheduler = scheduler
         self.durable: list[tuple[int, int]] = []  # ranges last recorded as durable
