@@ -340,3 +340,23 @@ def test_resume_record_naming_another_cdn_validator_starts_over_instead_of_faili
     hf_server.reset_log()
     got = r.download(f"hf://{REPO}@{REV}/{PATH}")
     assert r.part.read_bytes() == data and got.sha256 == sha(data) and got.resumed_bytes == 0
+
+
+@pytest.mark.timeout(30)
+def test_store_cancel_ends_an_hour_long_retry_after_and_releases_the_lease(hf_server, tmp_path):
+    """The SRE's drill: the hub answers every HEAD with 429 Retry-After: 3600 while a worker holds
+    the lease; cancelling the job ends the wait at once and frees the lease."""
+    hf_server.add_file(REPO, REV, PATH, payload())
+    hf_server.faults.status, hf_server.faults.status_on_resolve = 429, True
+    hf_server.faults.status_times, hf_server.faults.retry_after = None, "3600"
+    manifest = load_manifest(write_manifest(tmp_path / "m.toml", {"m.bin": {"source": f"hf://{REPO}@{REV}/{PATH}"}}),
+                             env={})
+    store = make_store(tmp_path / "store", manifest, hf=hf_server)
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    t0 = time.monotonic()
+    with pytest.raises(StoreError) as ei:
+        store.ensure(["m.bin"], cancel=cancel)
+    assert time.monotonic() - t0 < 5
+    assert "cancel" in str(ei.value)
+    assert store._lease("m.bin").read() is None  # released: another worker may start at once
