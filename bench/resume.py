@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
+from i2v_worker.store.transfer import read_sidecar  # noqa: E402
 from tests.support.hf_server import HFServer  # noqa: E402
 
 REPO, REV, NAME = "bench/resume", "main", "file.bin"
@@ -84,11 +85,12 @@ def env_for(hf: HFServer, store: Path) -> dict[str, str]:
 
 
 def attempt_killed(hf: HFServer, dest: Path, sha: str, size: int, frac: float, env: dict[str, str],
-                   other_host: str | None) -> None:
+                   other_host: str | None) -> int:
     """Start a download and SIGKILL it once the server has sent `frac` of the file (this attempt)."""
     start = hf.bytes_served
+    log = open(os.environ["BENCH_LOG"], "a") if os.environ.get("BENCH_LOG") else subprocess.DEVNULL
     p = subprocess.Popen(get_cmd(hf, dest, sha, other_host), env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True)
+                         stderr=log, start_new_session=True)
     deadline = time.monotonic() + 600
     while p.poll() is None and time.monotonic() < deadline:
         if hf.bytes_served - start >= frac * size:
@@ -99,12 +101,28 @@ def attempt_killed(hf: HFServer, dest: Path, sha: str, size: int, frac: float, e
     except ProcessLookupError:
         pass
     p.wait()
+    time.sleep(0.2)  # let the server notice the closed connections
+    served = hf.bytes_served - start
+    if os.environ.get("BENCH_VERBOSE"):
+        print(f"  killed: the server sent {served / MIB:.1f} MiB in this attempt, the record keeps "
+              f"{_kept(dest) / MIB:.1f} MiB", flush=True)
+    return served
+
+
+def _kept(dest: Path) -> int:
+    """Bytes the resume records next to DEST keep (0 when none)."""
+    recs = [read_sidecar(sc.with_name(sc.name[: -len(".json")])) for sc in dest.parent.glob(".*.part.json")]
+    return max((r.verified for r in recs if r is not None), default=0)
 
 
 def attempt_final(hf: HFServer, dest: Path, sha: str, env: dict[str, str]) -> bool:
     r = subprocess.run(get_cmd(hf, dest, sha, None), env=env, capture_output=True, text=True, timeout=900)
     if r.returncode != 0:
         print(r.stderr[-2000:], file=sys.stderr)
+    if os.environ.get("BENCH_VERBOSE"):
+        for line in r.stderr.splitlines():
+            if "resum" in line or "complete" in line:
+                print("  final run:", line[:300], flush=True)
     return r.returncode == 0 and dest.exists() and sha_of(dest) == sha
 
 
@@ -117,12 +135,17 @@ def run_case(hf: HFServer, work: Path, sha: str, size: int, kills: int, other_ho
     env = env_for(hf, store)
     hf.reset_log()
     fracs = []
+    wasted = []
     for i in range(kills):
-        frac = rng.uniform(0.2, 0.8) / (kills - i) if kills > 1 else rng.uniform(0.2, 0.8)
+        # kill once this attempt has fetched a random 20-80 % of what is still missing
+        kept_before = _kept(dest)
+        frac = rng.uniform(0.2, 0.8)
         fracs.append(round(frac, 2))
-        attempt_killed(hf, dest, sha, size, frac, env, other_host if i == 0 else None)
+        served = attempt_killed(hf, dest, sha, size, frac * (size - kept_before) / size, env,
+                                other_host if i == 0 else None)
+        wasted.append(max(0, served - (_kept(dest) - kept_before)))
     ok = attempt_final(hf, dest, sha, env)
-    return hf.bytes_served / size, ok, fracs
+    return hf.bytes_served / size, ok, fracs, wasted
 
 
 def main() -> int:
@@ -136,7 +159,7 @@ def main() -> int:
     rng = random.Random(args.seed)
     size = args.size_mib * MIB
     work = Path(tempfile.mkdtemp(prefix="i2v-bench-resume-"))
-    rows: list[tuple[str, list[tuple[float, bool, list[float]]]]] = []
+    rows: list[tuple[str, list[tuple[float, bool, list[float], list[int]]]]] = []
     try:
         src = work / "src.bin"
         sha = make_file(src, size)
@@ -151,25 +174,27 @@ def main() -> int:
                 results = [run_case(hf, work, sha, size, kills, host, rng) for _ in range(args.runs)]
                 rows.append((label, results))
                 print(f"{label}: " + ", ".join(f"{r:.3f}x{'' if ok else ' FAIL'} (killed at {f})"
-                                                 for r, ok, f in results), flush=True)
+                                                 for r, ok, f, _ in results), flush=True)
             if not can_unshare:
                 rows.append(("cross-host takeover", []))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print()
     print(f"file {args.size_mib} MiB, server pace {args.rate} per connection, {args.runs} runs per row")
-    print(f"{'case':<48} {'bytes served / file (each run)':<36} {'worst':>7} {'sha256':>7}")
+    print(f"{'case':<46} {'bytes served / file (each run)':<32} {'worst':>7} {'MiB wasted per kill':>20} {'sha256':>7}")
     failed = False
     for label, results in rows:
         if not results:
-            print(f"{label:<48} {'skipped (unshare needs root)':<36}")
+            print(f"{label:<46} {'skipped (unshare needs root)':<32}")
             continue
-        worst = max(r for r, _, _ in results)
-        ok = all(o for _, o, _ in results)
+        worst = max(r[0] for r in results)
+        ok = all(r[1] for r in results)
+        per_kill = [w / MIB for r in results for w in r[3]]
         failed |= not ok
-        print(f"{label:<48} {', '.join(f'{r:.3f}' for r, _, _ in results):<36} {worst:>6.3f}x {'ok' if ok else 'FAIL':>7}")
+        print(f"{label:<46} {', '.join(f'{r[0]:.3f}' for r in results):<32} {worst:>6.3f}x "
+              f"{f'{min(per_kill):.1f}-{max(per_kill):.1f}':>20} {'ok' if ok else 'FAIL':>7}")
     kr = next(r for label, r in rows if label.startswith("kill-and-resume"))
-    target = max(r for r, _, _ in kr) <= 1.05
+    target = max(r[0] for r in kr) <= 1.05
     print(f"target kill-and-resume <= 1.05x the file: {'PASS' if target else 'FAIL'}")
     return 0 if (target and not failed) else 1
 

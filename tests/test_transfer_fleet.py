@@ -205,6 +205,7 @@ def test_resume_fetches_only_the_missing_ranges_wherever_they_are(hf_server, rig
     kept = sum(b - a for a, b in done)
     assert r.part.read_bytes() == data and got.sha256 == sha(data)
     assert got.resumed_bytes == kept and got.fetched_bytes == SIZE - kept
+    assert got.connections == 2  # the gaps are fetched in parallel too
     assert hf_server.bytes_served == SIZE - kept  # only the two gaps were fetched
 
 
@@ -323,3 +324,39 @@ def test_ranges_not_yet_durable_are_kept_only_on_the_same_running_kernel(hf_serv
         got = r.download(f"hf://{REPO}@{REV}/{PATH}")
         assert r.part.read_bytes() == data and got.resumed_bytes == kept
         assert hf_server.bytes_served == SIZE - kept
+
+
+def test_resume_record_naming_another_cdn_validator_starts_over_instead_of_failing(hf_server, rig):
+    """hf:// with a known sha256: a record whose validator the CDN no longer presents (another edge,
+    another object id for the same content) must cost a restart, never a permanent failure."""
+    data = payload()
+    hf_server.add_file(REPO, REV, PATH, data)
+    r = rig()
+    r.download(f"hf://{REPO}@{REV}/{PATH}")
+    rec = read_sidecar(r.part)
+    from i2v_worker.store.sources import Validator
+    write_sidecar(r.part, ResumeRecord(size=rec.size, sha256=rec.sha256, etag=rec.etag,
+                                       validator=Validator(etag='"another-edge"'), done=((0, SIZE // 2),)))
+    hf_server.reset_log()
+    got = r.download(f"hf://{REPO}@{REV}/{PATH}")
+    assert r.part.read_bytes() == data and got.sha256 == sha(data) and got.resumed_bytes == 0
+
+
+@pytest.mark.timeout(30)
+def test_store_cancel_ends_an_hour_long_retry_after_and_releases_the_lease(hf_server, tmp_path):
+    """The SRE's drill: the hub answers every HEAD with 429 Retry-After: 3600 while a worker holds
+    the lease; cancelling the job ends the wait at once and frees the lease."""
+    hf_server.add_file(REPO, REV, PATH, payload())
+    hf_server.faults.status, hf_server.faults.status_on_resolve = 429, True
+    hf_server.faults.status_times, hf_server.faults.retry_after = None, "3600"
+    manifest = load_manifest(write_manifest(tmp_path / "m.toml", {"m.bin": {"source": f"hf://{REPO}@{REV}/{PATH}"}}),
+                             env={})
+    store = make_store(tmp_path / "store", manifest, hf=hf_server)
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    t0 = time.monotonic()
+    with pytest.raises(StoreError) as ei:
+        store.ensure(["m.bin"], cancel=cancel)
+    assert time.monotonic() - t0 < 5
+    assert "cancel" in str(ei.value)
+    assert store._lease("m.bin").read() is None  # released: another worker may start at once

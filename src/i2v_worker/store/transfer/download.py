@@ -84,15 +84,19 @@ class Downloader:
                 return self._download_http(source, part, size, sha, model, reresolve, progress, cancel)
             except Changed as exc:
                 drop_sidecar(part)  # never resume from bytes of two versions
-                if restarted or sha is not None or reresolve is None:
+                # Start over once when nothing pins the content (an unpinned https:// file: the new
+                # version is as good as the old), or when the kept bytes were of a version this
+                # process never saw served (a resume record); else the pinned content is gone.
+                if restarted or not (sha is None or exc.stale_record):
                     raise SourceChangedError(
                         f"{exc}; nothing was published", model=model, url=display,
                         hint="the next attempt starts over on the new version; pin a revision or a sha256 "
                              "in the manifest to get one fixed version") from None
                 restarted = True
-                log(logger, logging.WARNING, "the file changed upstream during the download: starting over on "
-                    "the new version", model=model, url=display, reason=str(exc))
-                source = reresolve()
+                log(logger, logging.WARNING, "the file changed upstream: starting over on the version served now",
+                    model=model, url=display, reason=str(exc))
+                if reresolve is not None:
+                    source = reresolve()
                 if size is not None and source.size is not None and source.size != size:
                     raise SourceChangedError(f"the file changed upstream during the download (size {size} -> "
                                              f"{source.size}); nothing was published", model=model, url=display,
@@ -111,6 +115,7 @@ class Downloader:
                               renew_lock=self._renew_lock, source=source, part=part, fd=fd, size=size or 0,
                               expected_sha=sha, model=model, reresolve=reresolve, cancel=cancel,
                               scheduler=None, validator=validator)
+            dl.validator_from_record = bool(done.total()) and validator is not None and source.validator is None
             resumed = 0
             try:
                 if size is None:
@@ -123,7 +128,9 @@ class Downloader:
                     if resumed:
                         log(logger, logging.INFO, "resuming download", model=model, url=dl.display,
                             resumed_bytes=resumed, size=size, gaps=len(done.missing(size)))
-                    self._record(dl, dl.scheduler.snapshot(), sync=False)
+                    # kept ranges may be only `written` (same kernel): make them durable before the
+                    # record calls them `done`
+                    self._record(dl, dl.scheduler.snapshot(), sync=bool(resumed))
                     try:
                         dl.durable = [s for s in dl.scheduler.snapshot()]
                         digest = download_ranges(dl, progress=progress, checkpoint=lambda durable=True: self._checkpoint(dl, durable))
@@ -145,7 +152,7 @@ class Downloader:
                 raise self._public_error(dl, exc) from exc
             self._finish_checks(dl, digest, size, sha)
             took = max(self.clock.monotonic() - t0, 1e-6)
-            connections = getattr(dl, "connections_used", 1)
+            connections = dl.connections_used
             log(logger, logging.INFO, "download complete", model=model, url=dl.display, size=size,
                 fetched=dl.fetched, resumed=resumed, seconds=round(took, 2),
                 mib_s=round(dl.fetched / took / 2**20, 1), connections=connections)
@@ -192,7 +199,9 @@ class Downloader:
         assert dl.scheduler is not None
         spans = dl.scheduler.snapshot()  # taken before the sync: every byte in it is written
         if not durable:
-            self._record(dl, dl.durable, sync=False, written=spans)
+            with dl.lock:
+                kept = list(dl.durable)
+            self._record(dl, kept, sync=False, written=spans)
             return
         try:
             datasync(dl.fd)

@@ -41,7 +41,12 @@ class Aborted(Exception):
 
 
 class Changed(Exception):
-    """The file at the URL is not the version this download started with."""
+    """The file at the URL is not the version this download started with. `stale_record`: the
+    version it differs from is the one a resume record named (this process never saw it served)."""
+
+    def __init__(self, message: str, *, stale_record: bool = False) -> None:
+        super().__init__(message)
+        self.stale_record = stale_record
 
 
 def raise_for_status(dl: "FileDownload", resp: http.client.HTTPResponse) -> None:

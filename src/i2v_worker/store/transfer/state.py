@@ -45,10 +45,12 @@ class FileDownload:
         self.error: BaseException | None = None
         self.range_ignored = False
         self.fetched = 0
+        self.connections_used = 1  # connections the file ended up with (ranged.ConnectionGovernor)
         self.reresolves_without_progress = 0
         self.scheduler = scheduler
         self.durable: list[tuple[int, int]] = []  # ranges last recorded as durable
         self.validator = validator
+        self.validator_from_record = False  # set by the Downloader when it came from a resume record
         self.send_if_range = True
         self.sockets = SocketSet()
         self.retry_log = Throttle(5.0, clock.monotonic)
@@ -87,7 +89,9 @@ class FileDownload:
                 return
             if self.validator.conflicts(got):
                 raise Changed(f"the file changed upstream during the download (validator {self._v(self.validator)} "
-                              f"-> {self._v(got)})")
+                              f"-> {self._v(got)})", stale_record=self.validator_from_record)
+            if got is not None:
+                self.validator_from_record = False  # this process has now seen that version served
 
     @staticmethod
     def _v(v: Validator | None) -> str:
@@ -141,3 +145,7 @@ class FileDownload:
             with self.lock:
                 self.url, self.headers = new.url, dict(new.headers)
                 self.url_gen += 1
+                if self.expected_sha:
+                    # the resolution vouched for the same content (sha256): a new URL (another CDN
+                    # edge or object) may present it with another ETag, learnt from its first answer
+                    self.validator, self.validator_from_record = None, False
