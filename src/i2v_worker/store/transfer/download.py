@@ -109,7 +109,9 @@ class Downloader:
         t0 = self.clock.monotonic()
         part.parent.mkdir(parents=True, exist_ok=True)
         done, validator = self._resumable(part, size, sha, source)
-        fd = os.open(part, os.O_RDWR | os.O_CREAT | (0 if done.total() else os.O_TRUNC), 0o644)
+        # never O_TRUNC: the store may have created and fallocated the part already (its space claim
+        # other writers see); bytes outside the record are never trusted, whatever they are
+        fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             dl = FileDownload(config=self.config, clock=self.clock, transport=self.transport, budget=self.budget,
                               renew_lock=self._renew_lock, source=source, part=part, fd=fd, size=size or 0,
