@@ -360,3 +360,27 @@ def test_store_cancel_ends_an_hour_long_retry_after_and_releases_the_lease(hf_se
     assert time.monotonic() - t0 < 5
     assert "cancel" in str(ei.value)
     assert store._lease("m.bin").read() is None  # released: another worker may start at once
+
+
+def test_transport_is_a_replaceable_seam(hf_server, rig):
+    """Downloader(transport=...) opens every connection through the given transport (httpx-style seam)."""
+    from i2v_worker.store.transfer import Transport
+
+    class CountingTransport(Transport):
+        def __init__(self, **kw) -> None:
+            super().__init__(**kw)
+            self.origins: list[tuple[str, str, int]] = []
+
+        def connect(self, scheme, host, port):
+            self.origins.append((scheme, host, port))
+            return super().connect(scheme, host, port)
+
+    data = payload()
+    hf_server.add_file(REPO, REV, PATH, data)
+    r = rig()
+    transport = CountingTransport(connect_timeout_s=5, read_timeout_s=5)
+    dl = Downloader(r.config, clock=r.clock, transport=transport)
+    got = dl.download(r.resolver.resolve(f"hf://{REPO}@{REV}/{PATH}"), r.part, model="m")
+    assert got.sha256 == sha(data)
+    assert 1 <= len(transport.origins) <= r.config.connections_per_file  # keep-alive: one per worker
+    assert {o[1] for o in transport.origins} == {"127.0.0.1"}

@@ -109,11 +109,9 @@ class Downloader:
         t0 = self.clock.monotonic()
         part.parent.mkdir(parents=True, exist_ok=True)
         done, validator = self._resumable(part, size, sha, source)
-        # No O_TRUNC when the size is known: the store may have sized and preallocated the part to
-        # claim its space on the volume (store/disk.py reserve); `prepare` trims a longer file, and
-        # bytes outside `done` are never trusted anyway.
-        keep = done.total() or size is not None
-        fd = os.open(part, os.O_RDWR | os.O_CREAT | (0 if keep else os.O_TRUNC), 0o644)
+        # never O_TRUNC: the store may have created and fallocated the part already (its space claim
+        # other writers see); bytes outside the record are never trusted, whatever they are
+        fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             dl = FileDownload(config=self.config, clock=self.clock, transport=self.transport, budget=self.budget,
                               renew_lock=self._renew_lock, source=source, part=part, fd=fd, size=size or 0,

@@ -33,7 +33,7 @@ def copy_local(source: ResolvedSource, part: Path, size: int | None, sha: str | 
         raise DownloadError(f"cannot open local file: {exc.strerror}", model=model, url=display,
                             permanent=True) from None
     try:
-        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)  # no O_TRUNC: keeps a store's preallocation
         try:
             total = size if size is not None else os.fstat(src_fd).st_size
             prepare(fd, part, total, model, preallocate=preallocate)

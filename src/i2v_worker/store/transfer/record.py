@@ -13,7 +13,7 @@ built), replaced atomically (temp + rename). Two kinds of ranges:
   changes it and only `done` is trusted; another host (another kernel) trusts only `done`.
 
 Any part file with a valid record resumes, whoever wrote it: a store that adopts a dead writer's
-part moves the part and its sidecar to its own name and calls `download`.
+part copies (or moves) the part and its sidecar to its own name and calls `download`.
 
 Format (JSON, version 2): `{"v": 2, "size", "sha256", "etag", "validator": {"etag", "last_modified"},
 "done": [[start, end], ...], "written": [[start, end], ...], "boot_id", "verified": <bytes>}`.
