@@ -597,3 +597,27 @@ def test_published_file_without_record_is_recognised_by_one_hash_pass_unpinned(t
     assert hf_server.bytes_served == 0 and hf_server.cdn_requests() == []  # one resolve (HEAD) for the sha
     [st] = store.status()
     assert st.state is ModelState.PRESENT and st.sha256 == sha
+
+
+def test_two_threads_of_one_store_ensure_the_same_model_at_once(tmp_path, hf_server, model):
+    """The worker's boot prefetch and a first job ask for the same models on one store (one writer
+    id): one downloads, the other waits for it; neither trips over the other's lease files."""
+    data, _ = model
+    hf_server.faults.rate_limit_bps = 2 * MB
+    store = make_store(tmp_path / "store", _one(tmp_path), hf=hf_server, lease_poll_s=0.05)
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(store.ensure(["model.bin"])["model.bin"])
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(results) == 4
+    assert results[0].read_bytes() == data
+    assert hf_server.bytes_served <= len(data) + 512 * 1024

@@ -36,7 +36,7 @@ def _can_unshare() -> bool:
 needs_hosts = pytest.mark.skipif(not _can_unshare(), reason="needs `unshare -u` (root) to simulate other hosts")
 
 
-def writer(host: str | None, store: Path, manifest: Path, name: str, hf, *, stale: float = 2.0,
+def writer(host: str | None, store: Path, manifest: Path, name: str, hf, *, stale: float = 4.0,
            beat: float = 0.2, start_at: float = 0.0) -> subprocess.Popen:
     """`ModelStore.ensure([name])` in its own process, on host `host` (a UTS namespace)."""
     cmd = [sys.executable, "-m", "tests.support.store_writer", str(store), str(manifest), name, hf.endpoint,
@@ -85,7 +85,7 @@ def test_paused_writer_loses_its_lease_and_never_touches_the_published_file(tmp_
         [part_a] = [p for p in part_files(store) if p.name.endswith(".part")]
         ino_a = part_a.stat().st_ino
         os.kill(a.pid, signal.SIGSTOP)  # a VM pause, a hung volume
-        time.sleep(3.0)  # longer than the stale time (2 s): A's lease and part look abandoned
+        time.sleep(5.0)  # longer than the stale time (4 s): A's lease and part look abandoned
         hf_server.faults.rate_limit_bps = None
         b = writer("hostB", store, manifest, "model.bin", hf_server)
         res_b, err_b = finish(b)
@@ -142,7 +142,7 @@ def test_cross_host_takeover_reuses_the_dead_writers_part(tmp_path, hf_server):
     res, err = finish(b)
     assert res["ok"], err
     served = hf_server.bytes_served - before
-    slack = 4 * 64 * 1024
+    slack = 1 * MB  # what the server had pushed into A's socket buffers when it died, never received
     assert served <= size - verified + slack, (served, verified)
     assert sha256(store / "vae" / "model.bin") == sha
     assert observer.status()[0].state is ModelState.PRESENT

@@ -167,7 +167,8 @@ class Lease:
         """A private temp file holding our lease record, and a descriptor on it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._started = self._started or self._clock()
-        tmp = self.path.with_name(f".{self.path.name}.{self.holder}.new")
+        # unique per attempt: two threads of one store share a holder id
+        tmp = self.path.with_name(f".{self.path.name}.{self.holder}.{os.urandom(4).hex()}.new")
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.write(fd, self._content())
