@@ -116,14 +116,20 @@ def test_paused_writer_loses_its_lease_and_never_touches_the_published_file(tmp_
 # --- item 6 (store part): a killed writer's part is reused at a cross-host takeover --------------
 
 def _kill_mid_download(tmp_path, hf_server, size, seed):
-    """Writer A on hostA, SIGKILLed after more than half is checkpointed. Returns what B needs."""
+    """Writer A on hostA, SIGKILLed mid-way 1 s after one of its heartbeats (every 1.5 s): its part
+    was written to after its last heartbeat, so when its lease turns stale (4 s after that
+    heartbeat) the part is younger than the stale time, as on a real fleet. Returns what B needs."""
     _, sha, manifest = _one_model(tmp_path, hf_server, size, seed=seed)
     store = tmp_path / "store"
     observer = make_store(store, load_manifest(manifest, env={}), hf=hf_server)
-    hf_server.faults.rate_limit_bps = 1 * MB
-    a = writer("hostA", store, manifest, "model.bin", hf_server)
+    hf_server.faults.rate_limit_bps = 512 * 1024
+    a = writer("hostA", store, manifest, "model.bin", hf_server, beat=1.5)
+    lease = store / ".i2v" / "leases" / "model.bin.lease"
     try:
-        _wait_for(lambda: observer.status()[0].bytes_on_disk >= size // 2, 60, "half of the file checkpointed")
+        _wait_for(lambda: observer.status()[0].bytes_on_disk >= size // 3, 60, "a third of the file recorded")
+        beat = json.loads(lease.read_bytes())["heartbeat"]
+        _wait_for(lambda: json.loads(lease.read_bytes())["heartbeat"] != beat, 10, "A's next heartbeat")
+        time.sleep(1.0)
     finally:
         os.kill(a.pid, signal.SIGKILL)
         a.wait(10)
