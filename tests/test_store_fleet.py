@@ -89,7 +89,7 @@ def test_paused_writer_loses_its_lease_and_never_touches_the_published_file(tmp_
         hf_server.faults.rate_limit_bps = None
         b = writer("hostB", store, manifest, "model.bin", hf_server)
         res_b, err_b = finish(b)
-        assert res_b["ok"], err_b
+        assert res_b["ok"], (res_b["error"], err_b[-4000:])
         final = store / "vae" / "model.bin"
         published = final.stat()
         assert published.st_ino != ino_a  # the taken-over part was copied, not renamed
@@ -99,6 +99,7 @@ def test_paused_writer_loses_its_lease_and_never_touches_the_published_file(tmp_
     finally:
         os.kill(a.pid, signal.SIGCONT)
     res_a, err_a = finish(a)  # A wakes up with its descriptors still open on its old part
+    assert res_a["ok"], (res_a["error"], err_a[-4000:])
     # ... and stops at once (its lease expired while it slept: checked before every write), rather
     # than fetching the rest of the file into a part nobody will publish.
     assert hf_server.bytes_served - served_before_wake < size // 4
@@ -146,7 +147,7 @@ def test_cross_host_takeover_reuses_the_dead_writers_part(tmp_path, hf_server):
     before = hf_server.bytes_served
     b = writer("hostB", store, manifest, "model.bin", hf_server)  # at once: A's part is seconds old
     res, err = finish(b)
-    assert res["ok"], err
+    assert res["ok"], (res["error"], err[-4000:])
     served = hf_server.bytes_served - before
     slack = 1 * MB  # what the server had pushed into A's socket buffers when it died, never received
     assert served <= size - verified + slack, (served, verified)
