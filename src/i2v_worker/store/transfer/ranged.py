@@ -170,6 +170,7 @@ def download_ranges(dl: FileDownload, *, progress: Callable[[int, int | None], N
             alive[0].join(timeout=_SUPERVISE_S)
             if dl.cancelled() and not dl.abort.is_set():
                 dl.interrupt()
+            dl.sockets.shutdown_overdue()  # headers not complete within the read timeout
             want = governor.observe(sched.done_bytes() - sched.resumed)
             if want > len(workers) and sched.remaining_pieces() > 0 and not dl.stopped():
                 add_workers(min(want - len(workers), sched.remaining_pieces()))
