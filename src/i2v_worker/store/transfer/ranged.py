@@ -111,6 +111,8 @@ class ConnectionGovernor:
             return self.target
         t = self.now()
         if self._t0 is None:
+            if done_bytes <= 0:
+                return self.target  # the first window starts with the first bytes, not with the connects
             self._t0, self._b0 = t, done_bytes
             return self.target
         if t - self._t0 < self.window_s:
