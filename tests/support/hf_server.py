@@ -102,6 +102,7 @@ class Faults:
     trickle_bps: int | None = None
     trickle_times: int | None = 1
     aggregate_bps: int | None = None  # all bodies together (a shared link), on top of rate_limit_bps
+    slow_headers_bps: int | None = None  # drip the response headers of CDN/plain GETs at this rate
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def take(self, name: str) -> bool:
@@ -128,6 +129,7 @@ class Faults:
             self.rate_limit_bps = None
             self.trickle_bps = None
             self.aggregate_bps = None
+            self.slow_headers_bps = None
 
 
 @dataclass
@@ -507,6 +509,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
             req.bytes_sent = len(body)
 
+    def flush_headers(self) -> None:
+        rate = self.hf.faults.slow_headers_bps
+        if not (rate and self.command == "GET" and getattr(self, "_drip_headers", False)):
+            super().flush_headers()
+            return
+        data = b"".join(getattr(self, "_headers_buffer", []))
+        self._headers_buffer = []
+        step = max(1, rate // 10)
+        for i in range(0, len(data), step):  # a slow-loris server: every read gets a few bytes
+            self.wfile.write(data[i:i + step])
+            self.wfile.flush()
+            if self.hf._stop.wait(step / rate):
+                self._reset()
+
     def do_HEAD(self) -> None:
         self._dispatch()
 
@@ -611,6 +627,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve_blob(self, req: RecordedRequest, blob: _Blob, rng: str | None, validators: dict[str, str]) -> None:
         hf, f = self.hf, self.hf.faults
+        self._drip_headers = True
         is_get = self.command == "GET"
         size = blob.size
         start, end = 0, size - 1

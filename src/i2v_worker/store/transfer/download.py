@@ -38,7 +38,8 @@ from i2v_worker.store.transfer.local import copy_local
 from i2v_worker.store.transfer.partfile import LocalIOError, datasync, disk_full, prepare
 from i2v_worker.store.transfer.ranged import download_ranges
 from i2v_worker.store.transfer.ranges import RangeSet, Scheduler
-from i2v_worker.store.transfer.record import ResumeRecord, boot_id, drop_sidecar, read_sidecar, write_sidecar
+from i2v_worker.store.transfer.record import (ResumeRecord, boot_id, drop_sidecar, read_sidecar, update_sidecar,
+                                              write_sidecar)
 from i2v_worker.store.transfer.responses import Aborted, Changed, RangeIgnored
 from i2v_worker.store.transfer.state import FileDownload
 from i2v_worker.store.transfer.stream import download_stream
@@ -188,7 +189,10 @@ class Downloader:
         rec = ResumeRecord(size=dl.size, sha256=dl.expected_sha, etag=dl.source.etag, validator=dl.validator,
                            done=tuple(spans), written=tuple(written or ()), boot_id=self._boot_id)
         try:
-            write_sidecar(dl.part, rec, durable=written is None)
+            if written is None:
+                write_sidecar(dl.part, rec)
+            else:
+                update_sidecar(dl.part, rec)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT) and not spans:
                 raise disk_full(dl.part, dl.size, dl.model, exc) from None

@@ -66,11 +66,39 @@ class Transport:
 
 
 class SocketSet:
-    """The live sockets of one download, so a cancel can wake reads blocked in the kernel."""
+    """The live sockets of one download, so a cancel can wake reads blocked in the kernel, and the
+    deadline by which each waiting socket must have its response headers (`shutdown_overdue`: a
+    server dripping its headers a byte at a time never trips the per-read timeout)."""
 
-    def __init__(self) -> None:
+    def __init__(self, now: Callable[[], float] | None = None) -> None:
+        import time
+
         self._lock = threading.Lock()
         self._socks: set[Any] = set()
+        self._now = now or time.monotonic
+        self._deadlines: dict[Any, float] = {}
+
+    def expect_headers(self, sock: Any, within_s: float) -> None:
+        with self._lock:
+            self._deadlines[sock] = self._now() + within_s
+
+    def headers_done(self, sock: Any) -> None:
+        with self._lock:
+            self._deadlines.pop(sock, None)
+
+    def shutdown_overdue(self) -> int:
+        """Shut down the sockets whose headers are late; returns how many."""
+        now = self._now()
+        with self._lock:
+            late = [s for s, t in self._deadlines.items() if now > t]
+            for s in late:
+                del self._deadlines[s]
+        for s in late:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        return len(late)
 
     def add(self, sock: Any) -> None:
         with self._lock:
@@ -79,6 +107,7 @@ class SocketSet:
     def discard(self, sock: Any) -> None:
         with self._lock:
             self._socks.discard(sock)
+            self._deadlines.pop(sock, None)
 
     def shutdown_all(self) -> None:
         with self._lock:
@@ -128,9 +157,16 @@ class Connection:
                 self.conn, self.origin, self.reused = self.transport.connect(*origin), origin, False
                 if self.sockets is not None and self.conn.sock is not None:
                     self.sockets.add(self.conn.sock)
+            sock = self.conn.sock
             try:
                 self.conn.request("GET", target, headers=headers)
-                return self.conn.getresponse()
+                if self.sockets is not None and sock is not None:
+                    self.sockets.expect_headers(sock, self.transport.read_timeout_s)
+                try:
+                    return self.conn.getresponse()
+                finally:
+                    if self.sockets is not None and sock is not None:
+                        self.sockets.headers_done(sock)
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
                 # an idle keep-alive connection closed by the server: one fresh try
                 was_reused = self.reused

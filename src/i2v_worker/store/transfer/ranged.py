@@ -45,13 +45,19 @@ _WRITEBACK_MIN = 16 * 2**20
 
 
 class DurableSyncer:
-    """Makes the written ranges durable off the supervisor's thread: on each `request()` it takes a
-    snapshot of the ranges, fdatasyncs the part and publishes the snapshot as `dl.durable`. A sync
-    can take seconds on a busy volume; meanwhile the supervisor keeps recording the written ranges
-    10 times a second (what a SIGKILL costs stays small)."""
+    """The part file's disk I/O, off the supervisor's thread: on each `request()` it takes a
+    snapshot of the ranges, fdatasyncs the part and publishes the snapshot as `dl.durable`; in
+    between it starts early writeback of the hashed prefix (`writeback_from`, a callable giving the
+    hashed offset; None disables it). Both can block for seconds on a busy volume (sync_file_range
+    too, when the device queue is congested); meanwhile the supervisor keeps recording the written
+    ranges 20 times a second (what a SIGKILL costs stays small)."""
 
-    def __init__(self, dl: FileDownload) -> None:
+    _WRITEBACK_POLL_S = 0.1
+
+    def __init__(self, dl: FileDownload, writeback_from: Callable[[], int] | None = None) -> None:
         self.dl = dl
+        self._writeback_from = writeback_from
+        self._flushed = 0
         self._want = threading.Event()
         self._stop = threading.Event()
         self._busy = False
@@ -69,7 +75,10 @@ class DurableSyncer:
     def _run(self) -> None:
         dl = self.dl
         while True:
-            self._want.wait()
+            if not self._want.wait(self._WRITEBACK_POLL_S):
+                if self._writeback_from is not None:
+                    self._flushed = _writeback(dl, self._writeback_from(), self._flushed)
+                continue
             self._want.clear()
             if self._stop.is_set():
                 return
@@ -111,6 +120,8 @@ class ConnectionGovernor:
             return self.target
         t = self.now()
         if self._t0 is None:
+            if done_bytes <= 0:
+                return self.target  # the first window starts with the first bytes, not with the connects
             self._t0, self._b0 = t, done_bytes
             return self.target
         if t - self._t0 < self.window_s:
@@ -158,10 +169,9 @@ def download_ranges(dl: FileDownload, *, progress: Callable[[int, int | None], N
     checkpoint_throttle = Throttle(_CHECKPOINT_S, dl.clock.monotonic)
     checkpoint_throttle.ready()
     record_throttle = Throttle(_RECORD_S, dl.clock.monotonic)
-    flushed = 0
     every = max(_CHECKPOINT_MIN_BYTES, dl.size // 100)
     synced_at = sched.done_bytes()
-    syncer = DurableSyncer(dl)
+    syncer = DurableSyncer(dl, (lambda: hasher.hashed) if cfg.early_writeback else None)
     try:
         while True:
             alive = [w for w in workers if w.is_alive()]
@@ -170,6 +180,7 @@ def download_ranges(dl: FileDownload, *, progress: Callable[[int, int | None], N
             alive[0].join(timeout=_SUPERVISE_S)
             if dl.cancelled() and not dl.abort.is_set():
                 dl.interrupt()
+            dl.sockets.shutdown_overdue()  # headers not complete within the read timeout
             want = governor.observe(sched.done_bytes() - sched.resumed)
             if want > len(workers) and sched.remaining_pieces() > 0 and not dl.stopped():
                 add_workers(min(want - len(workers), sched.remaining_pieces()))
@@ -182,8 +193,6 @@ def download_ranges(dl: FileDownload, *, progress: Callable[[int, int | None], N
                 synced_at = done_now
             if record_throttle.ready():
                 checkpoint(False)
-            elif cfg.early_writeback:
-                flushed = _writeback(dl, hasher.hashed, flushed)
     except BaseException:
         dl.interrupt()
         for w in workers:

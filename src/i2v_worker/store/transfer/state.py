@@ -52,7 +52,7 @@ class FileDownload:
         self.validator = validator
         self.validator_from_record = False  # set by the Downloader when it came from a resume record
         self.send_if_range = True
-        self.sockets = SocketSet()
+        self.sockets = SocketSet(clock.monotonic)
         self.retry_log = Throttle(5.0, clock.monotonic)
 
     # -- stopping -------------------------------------------------------------------------------
