@@ -186,7 +186,7 @@ def disk_full_error(check: SpaceCheck, folder: Path, *, model: str | None) -> Di
 
 def reserve(part: Path, size: int, scan: list[Path], *, model: str | None, live_s: float = 30.0,
             clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,
-            attempts: int = 6) -> None:
+            attempts: int = 6, preallocate: bool = True) -> None:
     """Claim `size` bytes for `part` on its volume, across processes and hosts, before any byte
     is fetched; DiskFullError (part removed) when they do not fit next to what others claimed.
 
@@ -195,7 +195,8 @@ def reserve(part: Path, size: int, scan: list[Path], *, model: str | None, live_
     3. allocate (fallocate) when it fits. Two allocations racing past step 2 at the same instant
        can both hit ENOSPC half-way (tmpfs undoes a failed fallocate): then withdraw, wait a random
        moment and count again, so one of them wins and the other sees its allocation.
-    Where the filesystem has no fallocate the claim stays a sparse size (others still count it)."""
+    Where the filesystem has no fallocate (or `preallocate` is off) the claim stays a sparse size
+    (others still count it)."""
     import random
 
     from i2v_worker.store.transfer import remove_part
@@ -212,7 +213,7 @@ def reserve(part: Path, size: int, scan: list[Path], *, model: str | None, live_
                     raise disk_full_error(check, part.parent, model=model)
             else:
                 try:
-                    if check.needed == 0 or fallocate(fd, size):
+                    if check.needed == 0 or not preallocate or fallocate(fd, size):
                         return
                     return  # no fallocate here: the sparse size is the claim
                 except OSError as exc:

@@ -80,7 +80,8 @@ def get_url(url: str, dest: str | Path, *, settings: "Settings", sha256: str | N
         progress = bar.update
     try:
         if want_size is not None:
-            disk.reserve(temp, want_size, [dest_path.parent], model=dest_path.name)
+            disk.reserve(temp, want_size, [dest_path.parent], model=dest_path.name,
+                         preallocate=transfer.preallocate)
         got = downloader.download(resolved, temp, model=dest_path.name,
                                   reresolve=lambda: resolver.resolve(src, model=dest_path.name),
                                   progress=progress, cancel=cancel, expected_size=size, expected_sha256=sha256)

@@ -232,6 +232,14 @@ def publish(temp: Path, final: Path, *, got_size: int, got_sha256: str, expected
     disk.fsync_dir(final.parent)
     st = os.stat(final)
     if record is not None:
-        record(st)
+        try:
+            record(st)
+        except OSError as exc:  # published, but not recorded: the next run recognises it (one hash)
+            if disk.is_enospc(exc):
+                raise DiskFullError(f"disk full while writing the verification record of {final} "
+                                    f"({exc.strerror}); the file itself is published and verified", model=model,
+                                    hint="free some space; the next fetch recognises the file with one hash "
+                                    "pass, no download") from None
+            raise disk.layout_error(exc, final.parent, model=model) from None
     disk.remove_quietly(sidecar_path(temp), sidecar_tmp_path(temp))
     return st

@@ -438,7 +438,8 @@ class ModelStore:
             # (other processes, other hosts) have claimed: one clear DiskFullError up front.
             try:
                 disk.reserve(temp, expected_size, [self.root / f for f in FOLDERS], model=entry.name,
-                             live_s=self.lease_stale_s, clock=self.clock.time, sleep=self.clock.wait)
+                             live_s=self.lease_stale_s, clock=self.clock.time, sleep=self.clock.wait,
+                             preallocate=self.transfer.preallocate)
             except OSError as exc:
                 raise self._write_failed(exc, temp, entry) from None
 
