@@ -610,7 +610,7 @@ def report(rows: list[Row], args, size: int, startup: dict[str, float], load_bef
                 console.print(f"[red]{row.tool} / {row.location}: {r.error}[/red]")
     console.print(f"load average after: {load_after} (before: {load_before})")
 
-    # Targets from issue 2.
+    # Targets from issue 9 (issue 2 asked capped >= 1.0x aria2c; issue 9 raised it to 1.2x).
     checks: list[tuple[str, bool, str]] = []
     store_rows = [r for r in rows if r.tool.startswith("i2v-worker")]
     if problem or not store_rows:
@@ -619,8 +619,8 @@ def report(rows: list[Row], args, size: int, startup: dict[str, float], load_bef
     for tool in store_names:
         short = tool.replace("i2v-worker models get", "store").strip()
         s, a = mibs(find(tool, "throttled")), mibs(find(BASELINE["throttled"], "throttled"))
-        checks.append((f"{short}: capped >= aria2c", bool(s and a and s >= a),
-                       f"{s or 0:.1f} vs {a or 0:.1f} MiB/s"))
+        checks.append((f"{short}: capped >= 1.2x aria2c", bool(s and a and s >= 1.2 * a),
+                       f"{s or 0:.1f} vs 1.2 x {a or 0:.1f} = {1.2 * (a or 0):.1f} MiB/s"))
         s, c = mibs(find(tool, "fast")), mibs(find("curl", "fast"))
         checks.append((f"{short}: unthrottled >= 0.8x curl", bool(s and c and s >= 0.8 * c),
                        f"{s or 0:.1f} vs 0.8 x {c or 0:.1f} = {0.8 * (c or 0):.1f} MiB/s"))
@@ -634,7 +634,7 @@ def report(rows: list[Row], args, size: int, startup: dict[str, float], load_bef
     others_bad = [f"{r.tool}/{r.location}" for r in rows if not r.tool.startswith("i2v-worker") and not r.sha_ok()]
     checks.append(("other tools' outputs sha256 verified", not others_bad,
                    "all runs" if not others_bad else "FAILED: " + ", ".join(others_bad)))
-    console.print("[bold]targets (issue 2)[/bold]")
+    console.print("[bold]targets (issue 9)[/bold]")
     for name, ok, detail in checks:
         console.print(f"  {'[green]PASS[/green]' if ok else '[red]FAIL[/red]'}  {name:<50} {detail}")
     return 0 if all(ok for _, ok, _ in checks) else 1

@@ -242,3 +242,21 @@ def test_parse_manifest_from_text_names_the_given_file():
     with pytest.raises(ManifestError) as info:
         parse_manifest("[presets.p]\nbogus = 1\n", file="inline.toml")
     assert info.value.file == "inline.toml" and info.value.field == "presets.p.bogus"
+
+
+def test_name_too_long_for_the_stores_temp_files_is_rejected(tmp_path):
+    """Item 10: a 250-character name passed the manifest and failed at fetch with ENAMETOOLONG."""
+    bad = "m" * 246 + ".bin"
+    err = _error(tmp_path, _full_preset(vae={"name": bad}))
+    assert err.entry == bad and err.field == "name"
+    assert "250 bytes" in str(err) and "160" in str(err) and "shorter" in str(err)
+
+
+def test_name_of_the_longest_allowed_length_works_in_the_store(tmp_path):
+    from i2v_worker.store import disk
+    from i2v_worker.store.manifest import MAX_NAME_BYTES
+
+    name = "n" * (MAX_NAME_BYTES - 4) + ".bin"
+    writer = disk.new_writer_id().split("-")[0] + "x" * 40 + "-4194304-abcdef"
+    longest = disk.part_name(name, writer[-55:]) + ".json.tmp"
+    (tmp_path / longest).write_bytes(b"")  # no ENAMETOOLONG

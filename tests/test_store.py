@@ -16,8 +16,8 @@ import yaml
 from i2v_worker.store import (DiskFullError, DownloadError, IntegrityError, LeaseTimeout, ModelState, OfflineError,
                               load_manifest)
 from i2v_worker.store.records import read_record
-from tests.support.store_helpers import (REPO, REV, blob, hf_source, make_store, part_files, sha256, tmpfs,
-                                         write_manifest)
+from tests.support.store_helpers import (REPO, REV, blob, cli_env, hf_source, make_store, part_files, sha256, tmpfs,
+                                         run_cli, write_manifest)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -65,16 +65,40 @@ def test_presence_check_needs_no_network_and_no_rehash(tmp_path, hf_server, mode
     path = store.ensure(["model.bin"])["model.bin"]
     again = make_store(tmp_path / "store", manifest, hf=hf_server)
     hf_server.close()  # no server any more: any network use would fail
-    # Same size and mtime, different bytes: only a rehash could notice, and the presence check must not.
+    assert again.ensure(["model.bin"]) == {"model.bin": path}
+    assert again.status()[0].state is ModelState.PRESENT
+
+
+def test_fast_presence_check_sees_same_size_tampering_with_mtime_restored(tmp_path, hf_server, model):
+    """Item 11: the record also holds ctime and inode (still no hash): rewriting bytes and putting
+    the mtime back moves the ctime, which cannot be set back, so the fast check notices."""
+    data, sha = model
+    manifest = _one(tmp_path, pinned=(len(data), sha))
+    path = make_store(tmp_path / "store", manifest, hf=hf_server).ensure(["model.bin"])["model.bin"]
+    again = make_store(tmp_path / "store", manifest, hf=hf_server)
+    hf_server.close()
     st = path.stat()
+    time.sleep(0.01)
     with open(path, "r+b") as fh:
         fh.write(b"\x00" * 16)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert again.ensure(["model.bin"]) == {"model.bin": path}
-    assert again.status()[0].state is ModelState.PRESENT
-    # ... which is what `verify --full` is for.
+    assert path.stat().st_mtime_ns == st.st_mtime_ns and path.stat().st_size == st.st_size
+    assert again.status()[0].state is ModelState.UNVERIFIED
     [v] = again.verify(full=True)
     assert v.state is ModelState.CORRUPT
+
+
+def test_replaced_file_with_the_same_mtime_is_not_taken_for_the_recorded_one(tmp_path, hf_server, model):
+    data, sha = model
+    manifest = _one(tmp_path, pinned=(len(data), sha))
+    store = make_store(tmp_path / "store", manifest, hf=hf_server)
+    path = store.ensure(["model.bin"])["model.bin"]
+    st = path.stat()
+    other = path.with_name("other")
+    other.write_bytes(b"\x01" * len(data))
+    os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(other, path)  # same size and mtime, another inode
+    assert store.status()[0].state is ModelState.UNVERIFIED
 
 
 def test_wrong_size_file_at_the_final_path_is_replaced(tmp_path, hf_server, model):
@@ -378,7 +402,7 @@ def test_verify_full_detects_a_flipped_byte(tmp_path, hf_server, model):
         fh.seek(MB)
         fh.write(bytes([b[0] ^ 1]))
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert store.verify(full=False)[0].state is ModelState.PRESENT  # record check only
+    assert store.verify(full=False)[0].state is ModelState.UNVERIFIED  # the fast check sees the rewrite (ctime)
     [v] = store.verify(full=True)
     assert v.state is ModelState.CORRUPT
     assert store.status()[0].state is ModelState.UNVERIFIED  # record dropped: next ensure replaces it
@@ -494,3 +518,106 @@ def test_from_settings_reads_store_manifest_and_tiny_dir_from_the_environment(tm
     path = store.ensure(["tiny_wan_2.1_vae.safetensors"])["tiny_wan_2.1_vae.safetensors"]
     assert path == tmp_path / "store" / "vae" / "tiny_wan_2.1_vae.safetensors"
     assert path.read_bytes() == (tiny / "tiny_wan_2.1_vae.safetensors").read_bytes()
+
+
+# --- item 10: stores that cannot be used -------------------------------------------------------------
+
+def test_store_root_that_is_a_file_is_a_store_error_naming_it(tmp_path, hf_server, model):
+    from i2v_worker.store.errors import StoreLayoutError
+
+    root = tmp_path / "store"
+    root.write_text("not a folder")
+    store = make_store(root, _one(tmp_path), hf=hf_server)
+    with pytest.raises(StoreLayoutError) as info:
+        store.ensure(["model.bin"])
+    assert info.value.path == str(root) and str(root) in str(info.value) and "is a file" in str(info.value)
+    assert "I2V_MODEL_DIR" in str(info.value)
+    assert store.status()[0].state is ModelState.MISSING  # status does not crash either
+
+
+def test_store_folder_that_is_a_file_is_a_store_error_and_status_still_works(tmp_path, hf_server, model):
+    from i2v_worker.store.errors import StoreLayoutError
+
+    store = make_store(tmp_path / "store", _one(tmp_path), hf=hf_server)
+    (store.root).mkdir()
+    (store.root / "vae").write_text("oops")
+    with pytest.raises(StoreLayoutError) as info:
+        store.ensure(["model.bin"])
+    assert info.value.path == str(store.root / "vae") and "move or delete" in str(info.value)
+    assert info.value.model == "model.bin"
+    assert store.status()[0].state is ModelState.MISSING
+    env = cli_env(store.root, hf=hf_server)
+    r = run_cli("models", "status", "--manifest", str(tmp_path / "manifest.toml"), env=env)
+    assert r.returncode == 0, r.stderr
+    assert "missing" in r.stdout
+    r = run_cli("models", "fetch", "model.bin", "--manifest", str(tmp_path / "manifest.toml"), env=env)
+    assert r.returncode == 1 and f"{store.root / 'vae'} is a file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_read_only_store_is_a_store_error_naming_it(tmp_path, hf_server, model):
+    import subprocess
+
+    from i2v_worker.store.errors import StoreLayoutError
+
+    with tmpfs(tmp_path / "ro", 4 * MB) as root:
+        r = subprocess.run(["mount", "-o", "remount,ro", str(root)], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot remount read-only: {r.stderr.strip()}")
+        store = make_store(root, _one(tmp_path), hf=hf_server)
+        with pytest.raises(StoreLayoutError) as info:
+            store.ensure(["model.bin"])
+        assert str(root) in str(info.value) and "not writable" in str(info.value)
+        assert "read-write" in str(info.value)
+        assert store.status()[0].state is ModelState.MISSING
+        assert hf_server.bytes_served == 0
+
+
+# --- item 6 (store part): a kill between the rename and the record write ----------------------------
+
+def test_published_file_without_record_is_recognised_by_one_hash_pass_pinned(tmp_path, hf_server, model):
+    data, sha = model
+    store = make_store(tmp_path / "store", _one(tmp_path, pinned=(len(data), sha)), hf=hf_server)
+    final = store.path("model.bin")
+    final.parent.mkdir(parents=True)
+    final.write_bytes(data)  # renamed into place, then killed before the record was written
+    hf_server.reset_log()
+    assert store.ensure(["model.bin"]) == {"model.bin": final}
+    assert hf_server.requests == []  # pinned: no network at all
+    assert store.status()[0].state is ModelState.PRESENT
+
+
+def test_published_file_without_record_is_recognised_by_one_hash_pass_unpinned(tmp_path, hf_server, model):
+    data, sha = model
+    store = make_store(tmp_path / "store", _one(tmp_path), hf=hf_server)
+    final = store.path("model.bin")
+    final.parent.mkdir(parents=True)
+    final.write_bytes(data)
+    hf_server.reset_log()
+    assert store.ensure(["model.bin"]) == {"model.bin": final}
+    assert hf_server.bytes_served == 0 and hf_server.cdn_requests() == []  # one resolve (HEAD) for the sha
+    [st] = store.status()
+    assert st.state is ModelState.PRESENT and st.sha256 == sha
+
+
+def test_two_threads_of_one_store_ensure_the_same_model_at_once(tmp_path, hf_server, model):
+    """The worker's boot prefetch and a first job ask for the same models on one store (one writer
+    id): one downloads, the other waits for it; neither trips over the other's lease files."""
+    data, _ = model
+    hf_server.faults.rate_limit_bps = 2 * MB
+    store = make_store(tmp_path / "store", _one(tmp_path), hf=hf_server, lease_poll_s=0.05)
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(store.ensure(["model.bin"])["model.bin"])
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(results) == 4
+    assert results[0].read_bytes() == data
+    assert hf_server.bytes_served <= len(data) + 512 * 1024

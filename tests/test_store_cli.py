@@ -173,3 +173,22 @@ def test_get_with_wrong_sha_publishes_nothing(tmp_path, hf_server):
     assert r.returncode == 1
     assert "sha256" in _one_error_line(r)
     assert not dest.exists() and part_files(tmp_path / "out") == []
+
+
+def test_get_into_a_dest_that_already_holds_the_file_fetches_nothing(tmp_path, hf_server):
+    """The one publish protocol's recognition, in `models get`: a DEST with the expected size and
+    sha256 (a get killed right after its rename) is checked with one hash pass, not downloaded."""
+    data = blob(2 * MB, seed=14)
+    sha = hf_server.add_file(REPO, REV, "x/again.bin", data)
+    env = cli_env(tmp_path / "store", hf=hf_server)
+    dest = tmp_path / "out" / "again.bin"
+    dest.parent.mkdir()
+    dest.write_bytes(data)
+    hf_server.reset_log()
+    r = run_cli("models", "get", hf_source("x/again.bin"), str(dest), env=env)
+    assert r.returncode == 0, r.stderr
+    assert sha in r.stdout and hf_server.bytes_served == 0
+    dest.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # same size, other bytes: downloaded again
+    r = run_cli("models", "get", hf_source("x/again.bin"), str(dest), env=env)
+    assert r.returncode == 0, r.stderr
+    assert dest.read_bytes() == data and hf_server.bytes_served == len(data)

@@ -189,3 +189,96 @@ def test_lease_holder_keeps_its_heartbeat_fresh_and_releases(tmp_path):
     assert not other.try_acquire() and not other.is_stale(other.read())
     lease.release()
     assert lease.read() is None and other.try_acquire()
+
+
+def test_takeover_and_fresh_acquires_racing_never_give_two_holders(tmp_path):
+    """Item 3: takers that saw the same stale lease race each other AND processes that acquire a
+    lease the moment none exists. A takeover that moves the stale file aside and puts back what it
+    moved by mistake leaves a moment with no lease, in which a fresh acquirer gets one while the
+    first taker also holds one. Many rounds; in every round exactly one caller may win."""
+    import json
+    import threading
+
+    from i2v_worker.store.lease import Lease
+
+    d = tmp_path / "leases"
+    d.mkdir()
+    doubles = []
+    for rnd in range(60):
+        path = d / "m.bin.lease"
+        for p in d.iterdir():
+            p.unlink()
+        path.write_text(json.dumps({"holder": "gone", "host": "elsewhere", "pid": 1, "started": 0,
+                                    "heartbeat": time.time() - 120}))
+        takers = [Lease(d, "m.bin", f"t{rnd}-{i}") for i in range(4)]
+        seen = [t.read() for t in takers]
+        grabbers = [Lease(d, "m.bin", f"g{rnd}-{i}") for i in range(4)]
+        barrier = threading.Barrier(len(takers) + len(grabbers))
+        won = []
+
+        def take(lease, info):
+            barrier.wait()
+            if lease.take_over(info):
+                won.append(lease.holder)
+            else:  # a loser that then sees the winner's fresh lease treats it as live
+                now = lease.read()
+                if now is not None and now.raw != info.raw and lease.is_stale(now):
+                    won.append("stale-after-takeover")
+
+        def grab(lease):
+            barrier.wait()
+            end = time.time() + 0.05
+            while time.time() < end:
+                if lease.try_acquire():
+                    won.append(lease.holder)
+                    return
+
+        threads = [threading.Thread(target=take, args=(t, s)) for t, s in zip(takers, seen)]
+        threads += [threading.Thread(target=grab, args=(g,)) for g in grabbers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        if len(won) != 1:
+            doubles.append((rnd, won))
+        else:
+            assert json.loads(path.read_text())["holder"] == won[0]
+        for lease in takers + grabbers:
+            lease.release()
+    assert doubles == []
+
+
+def test_heartbeat_survives_an_injected_estale_and_keeps_the_lease(tmp_path, monkeypatch):
+    """Item 3: one ESTALE while the holder checks its lease (a network volume's transient error,
+    injected here: no real server produces it on a local disk) must not end the heartbeat."""
+    import errno
+
+    from i2v_worker.store.lease import Lease
+
+    lease = Lease(tmp_path, "m.bin", "me", heartbeat_every=0.05, stale_after=30)
+    assert lease.try_acquire()
+    real_stat = os.stat
+    failures = {"left": 1}
+
+    def flaky_stat(p, *a, **kw):
+        if str(p) == str(lease.path) and failures["left"] > 0:
+            failures["left"] -= 1
+            raise OSError(errno.ESTALE, "Stale file handle (injected)", str(p))
+        return real_stat(p, *a, **kw)
+
+    monkeypatch.setattr(os, "stat", flaky_stat)
+    lease.start_heartbeat()
+    deadline = time.time() + 10
+    while time.time() < deadline and failures["left"] > 0:
+        time.sleep(0.02)
+    assert failures["left"] == 0  # the fault was hit
+    first = lease.read().heartbeat
+    deadline = time.time() + 10
+    while time.time() < deadline and lease.read().heartbeat == first:
+        time.sleep(0.02)
+    monkeypatch.setattr(os, "stat", real_stat)
+    info = lease.read()
+    assert info.heartbeat > first and info.holder == "me"  # still beating after the error
+    assert not lease.lost.is_set()
+    lease.release()
+    assert lease.read() is None

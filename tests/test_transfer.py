@@ -21,9 +21,11 @@ import pytest
 from i2v_worker.store.errors import DiskFullError, DownloadError, IntegrityError
 from i2v_worker.store.sources import HubConfig, ResolvedSource, SourceResolver
 from i2v_worker.store.transfer import (
-    ConnectionBudget, Downloader, TransferCancelled, TransferConfig, make_client, read_sidecar, remove_part,
-    sidecar_path,
+    ConnectionBudget, Downloader, ResumeRecord, TransferCancelled, TransferConfig, make_client, read_sidecar,
+    remove_part, sidecar_path,
 )
+from i2v_worker.store.transfer.record import write_sidecar
+from tests.support.clock import RecordingClock
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -31,16 +33,6 @@ REPO, REV, PATH = "org/model", "main", "weights/model.bin"
 URI = f"hf://{REPO}@{REV}/{PATH}"
 SIZE = 3 * 2**20 + 12345  # not a multiple of the chunk size
 CHUNK = 256 * 1024
-
-
-class RecordingSleep:
-    """Injected sleep: records the waits the engine asked for and returns at once."""
-
-    def __init__(self) -> None:
-        self.calls: list[float] = []
-
-    def __call__(self, seconds: float) -> None:
-        self.calls.append(seconds)
 
 
 def span(req) -> int:
@@ -69,12 +61,12 @@ class Rig:
     def __init__(self, hf, tmp: Path, *, token: str | None = None, **cfg) -> None:
         self.hf = hf
         self.tmp = tmp
-        self.sleep = RecordingSleep()
+        self.sleep = RecordingClock()
         self.config = TransferConfig(**{"chunk_size": CHUNK, "connections_per_file": 4, "read_timeout_s": 5.0,
                                         "backoff_base_s": 0.01, **cfg})
         self.client = make_client(self.config)
-        self.resolver = SourceResolver(HubConfig(endpoint=hf.endpoint, token=token), self.client, sleep=self.sleep)
-        self.downloader = Downloader(self.config, sleep=self.sleep)
+        self.resolver = SourceResolver(HubConfig(endpoint=hf.endpoint, token=token), self.client, clock=self.sleep)
+        self.downloader = Downloader(self.config, clock=self.sleep)
         self.part = tmp / "model.bin.part"
 
     def resolve(self, uri: str = URI) -> ResolvedSource:
@@ -118,7 +110,7 @@ def test_parallel_ranged_download_delivers_exact_bytes_and_hash(hf_server, rig_f
     assert hf_server.max_active_cdn_gets <= 4
     assert progress[-1] == (SIZE, SIZE)  # final progress call; throttled in between
     assert len(progress) < len(gets)
-    assert read_sidecar(rig.part)["verified"] == SIZE
+    assert read_sidecar(rig.part).verified == SIZE
 
 
 def test_connection_reset_mid_body_resumes_the_range(hf_server, rig_factory, data):
@@ -327,7 +319,7 @@ def test_sidecar_resume_after_cancel_fetches_only_the_rest(hf_server, rig_factor
     with pytest.raises(TransferCancelled):
         rig.download(progress=stop_when_half, cancel=cancel)
     assert rig.part.exists()  # kept for resume
-    verified = read_sidecar(rig.part)["verified"]
+    verified = read_sidecar(rig.part).verified
     assert 0 < verified < SIZE
     hf_server.faults.rate_limit_bps = None
     hf_server.reset_log()
@@ -344,9 +336,9 @@ def test_resume_part_left_by_a_killed_process(hf_server, rig_factory, data, tmp_
     rig = rig_factory()
     rig.download()
     verified = 5 * CHUNK + 100
-    sidecar = read_sidecar(rig.part)
-    sidecar["verified"] = verified
-    sidecar_path(rig.part).write_text(json.dumps(sidecar))
+    rec = read_sidecar(rig.part)
+    write_sidecar(rig.part, ResumeRecord(size=rec.size, sha256=rec.sha256, etag=rec.etag, validator=rec.validator,
+                                         done=((0, verified),)))
     with open(rig.part, "r+b") as f:  # bytes after the durable prefix are not trustworthy
         f.seek(verified)
         f.write(b"\0garbage" * 50_000)

@@ -1,6 +1,6 @@
 """A local Hugging Face-style file server for tests (a real HTTP/1.1 server on 127.0.0.1).
 
-It reproduces the hub behaviour a downloader relies on (see shared notes, models.md):
+It reproduces the hub behaviour a downloader relies on (as huggingface.co and its CDN behave):
 
 - ``HEAD``/``GET /{org}/{repo}/resolve/{rev}/{path}`` -> 302 with ``Location`` to a signed CDN URL
   ``http://127.0.0.1:<cdn port>/cdn/<token>/<sha256>/<file name>`` (the CDN listens on a second
@@ -22,6 +22,13 @@ Usage::
         hf.faults.reset_after_bytes = 100_000; hf.faults.reset_times = 2
         ...
         assert not any("authorization" in r.headers for r in hf.cdn_requests())
+
+Plain files (an ``https://`` source that is not the hub): ``hf.add_plain(name, data)`` serves
+``/files/<name>`` on the hub port, mutable, with a per-version ``ETag`` and ``Last-Modified``,
+``Range`` and ``If-Range`` (``hf.plain_if_range = False`` ignores If-Range, like a server that does
+not implement it), optional Basic auth (``hf.plain_auth = ("user", "pass")``) and a scheduled
+replacement mid-download (``hf.swap_plain(name, data, after_gets=N)``: a same-name file that changes
+upstream). ``hf.faults.aggregate_bps`` caps all CDN/plain bodies together (a link, not a connection).
 
 Pytest fixtures: ``hf_server`` (an anonymous server on a temp dir) and ``hf_server_factory``
 (call it with ``token=...`` etc.; servers are closed at teardown).
@@ -94,6 +101,8 @@ class Faults:
     rate_limit_bps: int | None = None
     trickle_bps: int | None = None
     trickle_times: int | None = 1
+    aggregate_bps: int | None = None  # all bodies together (a shared link), on top of rate_limit_bps
+    slow_headers_bps: int | None = None  # drip the response headers of CDN/plain GETs at this rate
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def take(self, name: str) -> bool:
@@ -119,6 +128,8 @@ class Faults:
             self.url_valid_s = None
             self.rate_limit_bps = None
             self.trickle_bps = None
+            self.aggregate_bps = None
+            self.slow_headers_bps = None
 
 
 @dataclass
@@ -172,6 +183,12 @@ class HFServer:
         self.active_cdn_gets = 0  # CDN GET bodies being sent right now
         self.max_active_cdn_gets = 0  # the peak of active_cdn_gets (checks connection caps)
         self._httpd: ThreadingHTTPServer | None = None
+        self._plain: dict[str, tuple[_Blob, int]] = {}  # name -> (blob, version)
+        self._plain_swaps: dict[str, tuple[bytes, int]] = {}  # name -> (new data, after N GETs)
+        self.plain_if_range = True
+        self.plain_auth: tuple[str, str] | None = None
+        self._link_lock = threading.Lock()
+        self._link_next = 0.0  # aggregate pacing: when the shared link is free again
         self._cdn_httpd: ThreadingHTTPServer | None = None
         self._threads: list[threading.Thread] = []
 
@@ -203,6 +220,55 @@ class HFServer:
             self._commits[key] = hashlib.sha1(
                 f"{repo}@{rev}#{len(self._files)}".encode()).hexdigest()
         return sha
+
+    def add_plain(self, name: str, data: bytes) -> str:
+        """Serve `data` at /files/<name> (replacing what was there: a new version); returns the URL."""
+        sha = hashlib.sha256(data).hexdigest()
+        blob_path = self.blob_dir / sha
+        if not blob_path.exists():
+            blob_path.write_bytes(bytes(data))
+        with self._lock:
+            version = self._plain.get(name, (None, 0))[1] + 1
+            self._plain[name] = (_Blob(sha, len(data), blob_path), version)
+        return self.plain_url(name)
+
+    def plain_url(self, name: str, userinfo: str = "") -> str:
+        scheme, rest = self.endpoint.split("://", 1)
+        return f"{scheme}://{userinfo + '@' if userinfo else ''}{rest}/files/{quote(name)}"
+
+    def swap_plain(self, name: str, data: bytes, *, after_gets: int) -> None:
+        """Replace /files/<name> by `data` once `after_gets` GETs of it have been answered."""
+        with self._lock:
+            self._plain_swaps[name] = (bytes(data), after_gets)
+
+    def plain_requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return [r for r in self.requests if r.kind == "plain"]
+
+    def _plain_get(self, name: str, count: bool) -> tuple[_Blob, int] | None:
+        swap = None
+        with self._lock:
+            if count and name in self._plain_swaps:
+                data, after = self._plain_swaps[name]
+                served = sum(1 for r in self.requests if r.kind == "plain" and r.method == "GET"
+                             and r.path == f"/files/{quote(name)}")
+                if served > after:
+                    swap = self._plain_swaps.pop(name)[0]
+        if swap is not None:
+            self.add_plain(name, swap)
+        with self._lock:
+            return self._plain.get(name)
+
+    def _pace_link(self, n: int) -> float:
+        """Aggregate pacing: reserve n bytes of the shared link; returns how long to wait first."""
+        rate = self.faults.aggregate_bps
+        if not rate:
+            return 0.0
+        with self._link_lock:
+            now = time.monotonic()
+            start = max(now, self._link_next)
+            self._link_next = start + n / rate
+            return start - now
 
     def commit_of(self, repo: str, rev: str = "main") -> str:
         with self._lock:
@@ -257,7 +323,7 @@ class HFServer:
     def bytes_served(self) -> int:
         """Body bytes written by CDN responses (what a downloader actually fetched)."""
         with self._lock:
-            return sum(r.bytes_sent for r in self.requests if r.kind == "cdn")
+            return sum(r.bytes_sent for r in self.requests if r.kind in ("cdn", "plain"))
 
     def reset_log(self) -> None:
         with self._lock:
@@ -443,6 +509,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
             req.bytes_sent = len(body)
 
+    def flush_headers(self) -> None:
+        rate = self.hf.faults.slow_headers_bps
+        if not (rate and self.command == "GET" and getattr(self, "_drip_headers", False)):
+            super().flush_headers()
+            return
+        data = b"".join(getattr(self, "_headers_buffer", []))
+        self._headers_buffer = []
+        step = max(1, rate // 10)
+        for i in range(0, len(data), step):  # a slow-loris server: every read gets a few bytes
+            self.wfile.write(data[i:i + step])
+            self.wfile.flush()
+            if self.hf._stop.wait(step / rate):
+                self._reset()
+
     def do_HEAD(self) -> None:
         self._dispatch()
 
@@ -453,6 +533,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = unquote(urlsplit(self.path).path)
         if path.startswith("/cdn/"):
             self._cdn(path)
+        elif path.startswith("/files/"):
+            self._plain_file(path[len("/files/"):])
         elif "/resolve/" in path:
             self._resolve(path)
         else:
@@ -494,6 +576,30 @@ class _Handler(BaseHTTPRequestHandler):
             "ETag": f'"{blob.sha256}"',
         })
 
+    # ---- plain files ---------------------------------------------------------------------------------
+    def _plain_file(self, name: str) -> None:
+        import base64
+
+        req = self._begin("plain")
+        hf = self.hf
+        if hf.plain_auth is not None:
+            want = "Basic " + base64.b64encode(":".join(hf.plain_auth).encode()).decode()
+            if self.headers.get("Authorization") != want:
+                self._simple(req, 401, {"WWW-Authenticate": 'Basic realm="files"'}, b"unauthorized")
+                return
+        got = hf._plain_get(name, count=self.command == "GET")
+        if got is None:
+            self._simple(req, 404, {}, b"no such file")
+            return
+        blob, version = got
+        etag = f'"v{version}-{blob.sha256[:16]}"'
+        last_modified = email.utils.formatdate(1_700_000_000 + version, usegmt=True)
+        rng = self.headers.get("Range")
+        if_range = self.headers.get("If-Range")
+        if rng and if_range and hf.plain_if_range and if_range not in (etag, last_modified):
+            rng = None  # RFC 9110: the validator does not match: send the whole (current) file
+        self._serve_blob(req, blob, rng, {"ETag": etag, "Last-Modified": last_modified})
+
     # ---- CDN ----------------------------------------------------------------------------------------
     def _cdn(self, path: str) -> None:
         req = self._begin("cdn")
@@ -516,10 +622,16 @@ class _Handler(BaseHTTPRequestHandler):
             headers = {"Retry-After": f.retry_after} if f.retry_after else {}
             self._simple(req, f.status, headers, b"slow down")
             return
+        self._serve_blob(req, blob, self.headers.get("Range"),
+                         {"ETag": f'"{blob.sha256}"', "Last-Modified": email.utils.formatdate(0, usegmt=True)})
+
+    def _serve_blob(self, req: RecordedRequest, blob: _Blob, rng: str | None, validators: dict[str, str]) -> None:
+        hf, f = self.hf, self.hf.faults
+        self._drip_headers = True
+        is_get = self.command == "GET"
         size = blob.size
         start, end = 0, size - 1
         status = 200
-        rng = self.headers.get("Range")
         ignore = f.ignore_range
         if f.ignore_range_after is not None and is_get:
             with hf._lock:
@@ -544,9 +656,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Length", str(length))
         self.send_header("Accept-Ranges", "bytes")
-        self.send_header("ETag", f'"{blob.sha256}"')
+        for k, v in validators.items():
+            self.send_header(k, v)
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Last-Modified", email.utils.formatdate(0, usegmt=True))
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         self.end_headers()
@@ -614,6 +726,9 @@ class _Handler(BaseHTTPRequestHandler):
                     ahead = sent / rate - (time.monotonic() - t0)
                     if ahead > 0 and self.hf._stop.wait(ahead):
                         self._reset()
+                link_wait = self.hf._pace_link(len(data))
+                if link_wait > 0 and self.hf._stop.wait(link_wait):
+                    self._reset()
 
 
 # ---- pytest fixtures ---------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 __all__ = [
     "Manifest", "ModelEntry", "load_manifest", "ModelStore", "ModelStatus", "ModelState", "ProgressEvent",
     "ProgressCallback", "StoreError", "ManifestError", "DownloadError", "IntegrityError", "OfflineError",
-    "DiskFullError", "LeaseTimeout", "EnsureCancelled",
+    "DiskFullError", "LeaseTimeout", "EnsureCancelled", "StoreLayoutError", "LeaseLost",
 ]
 
 _WHERE = {
@@ -24,11 +24,12 @@ _WHERE = {
     "ModelStatus": "types", "ModelState": "types", "ProgressEvent": "types", "ProgressCallback": "types",
     "StoreError": "errors", "ManifestError": "errors", "DownloadError": "errors", "IntegrityError": "errors",
     "OfflineError": "errors", "DiskFullError": "errors", "LeaseTimeout": "errors",
+    "StoreLayoutError": "errors", "LeaseLost": "errors",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from i2v_worker.store.errors import (DiskFullError, DownloadError, IntegrityError, LeaseTimeout, ManifestError,
-                                         OfflineError, StoreError)
+    from i2v_worker.store.errors import (DiskFullError, DownloadError, IntegrityError, LeaseLost, LeaseTimeout,
+                                         ManifestError, OfflineError, StoreError, StoreLayoutError)
     from i2v_worker.store.manifest import Manifest, ModelEntry, load_manifest
     from i2v_worker.store.store import EnsureCancelled, ModelStore
     from i2v_worker.store.types import ModelState, ModelStatus, ProgressCallback, ProgressEvent

@@ -28,8 +28,10 @@ class DownloadError(StoreError):
     """A transfer failed. `permanent` errors (401, 404, size or hash mismatch) are not retried."""
 
     def __init__(self, message: str, *, model: str | None = None, url: str | None = None,
-                 hint: str | None = None, permanent: bool = False, status: int | None = None):
+                 hint: str | None = None, permanent: bool = False, status: int | None = None,
+                 retry_after: float | None = None):
         self.url, self.permanent, self.status = url, permanent, status
+        self.retry_after = retry_after  # seconds the server asked to wait (transient errors)
         if url and url not in message:
             message = f"{message} [{url}]"
         super().__init__(message, model=model, hint=hint)
@@ -43,12 +45,49 @@ class IntegrityError(DownloadError):
         super().__init__(message, **kw)
 
 
+class SourceChangedError(DownloadError):
+    """The file changed upstream during the download (its ETag / Last-Modified / sha256 differ from
+    the ones the download started with): nothing mixed is published; the next attempt starts over."""
+
+    def __init__(self, message: str, **kw):
+        kw.setdefault("permanent", True)
+        super().__init__(message, **kw)
+
+
+class TransferCancelled(StoreError):
+    """The cancel event was set (or the lease was lost): the part file and its sidecar are kept for
+    a later resume."""
+
+
 class OfflineError(StoreError):
     """HF_HUB_OFFLINE=1 and the model is not in the store."""
 
 
 class DiskFullError(StoreError):
-    """Not enough free space (before starting, or ENOSPC while writing); temp files were removed."""
+    """Not enough free space (before starting, or ENOSPC while writing); temp files were removed.
+
+    `needed`: bytes this download still had to allocate; `available`: bytes it could have had (free
+    on the volume minus `reserved`); `reserved`: bytes other writers' part files had claimed but not
+    yet allocated. Raised before starting, needed > available always holds."""
+
+    def __init__(self, message: str, *, model: str | None = None, hint: str | None = None,
+                 needed: int | None = None, available: int | None = None, reserved: int = 0):
+        self.needed, self.available, self.reserved = needed, available, reserved
+        super().__init__(message, model=model, hint=hint)
+
+
+class StoreLayoutError(StoreError):
+    """The store root or one of its folders cannot be used (read-only, a file, permissions).
+    `path` is the offending path."""
+
+    def __init__(self, message: str, *, path: str, hint: str | None = None, model: str | None = None):
+        self.path = path
+        super().__init__(message, model=model, hint=hint)
+
+
+class LeaseLost(StoreError):
+    """This writer's download lease was taken over (it was frozen or cut off longer than the stale
+    time): it stopped without publishing; the new holder finishes the download."""
 
 
 class LeaseTimeout(StoreError):

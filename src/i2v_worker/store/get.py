@@ -6,7 +6,6 @@ resume after a kill), without a manifest. Used by users and by bench/ (keep impo
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -14,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from i2v_worker.store import disk
+from i2v_worker.store import disk, publish
 from i2v_worker.store.errors import DiskFullError, IntegrityError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,7 +41,7 @@ def get_url(url: str, dest: str | Path, *, settings: "Settings", sha256: str | N
             size: int | None = None, progress: Callable[[int, int | None], None] | None = None,
             cancel: threading.Event | None = None, show_progress: bool | None = None) -> GetResult:
     from i2v_worker.store.sources import HubConfig, SourceResolver, parse_source, redact_url
-    from i2v_worker.store.transfer import Downloader, TransferConfig, make_client, make_ssl_context
+    from i2v_worker.store.transfer import Downloader, TransferConfig, make_client, make_ssl_context, remove_part
 
     try:
         src = parse_source(url)
@@ -61,66 +60,44 @@ def get_url(url: str, dest: str | Path, *, settings: "Settings", sha256: str | N
     tls = make_ssl_context()  # one CA bundle load (~35 ms) for the resolver and the range connections
     client = make_client(transfer, verify=tls)
     resolver = SourceResolver(HubConfig.from_settings(settings), client=client)
-    downloader = Downloader(transfer, resolver=resolver, ssl_context=tls)
+    downloader = Downloader(transfer, ssl_context=tls)
     writer = disk.new_writer_id()
     temp = dest_path.parent / disk.part_name(dest_path.name, writer)
-    _adopt(dest_path, temp)
 
     t0 = time.monotonic()
     resolved = resolver.resolve(src, model=dest_path.name)
+    want_size = resolved.size if size is None else size
+    if publish.recognise(dest_path, want_size, sha256 or resolved.sha256) is not None:
+        # DEST already holds exactly these bytes (e.g. killed right after the rename): one hash pass
+        assert want_size is not None
+        return GetResult(dest_path, want_size, sha256 or resolved.sha256 or "", time.monotonic() - t0, 0, 0)
+    publish.adopt_part(dest_path.parent, dest_path.name, temp, now=time.time())  # dead local writers only
     bar = None
     if show_progress is None:
         show_progress = sys.stderr.isatty()
     if show_progress and progress is None:
-        bar = _Bar(dest_path.name, resolved.size if size is None else size)
+        bar = _Bar(dest_path.name, want_size)
         progress = bar.update
     try:
+        if want_size is not None:
+            disk.reserve(temp, want_size, [dest_path.parent], model=dest_path.name,
+                         preallocate=transfer.preallocate)
         got = downloader.download(resolved, temp, model=dest_path.name,
                                   reresolve=lambda: resolver.resolve(src, model=dest_path.name),
                                   progress=progress, cancel=cancel, expected_size=size, expected_sha256=sha256)
-        disk.fsync_file(temp)
-        os.replace(temp, dest_path)
+        publish.publish(temp, dest_path, got_size=got.size, got_sha256=got.sha256, expected_size=want_size,
+                        expected_sha256=sha256 or resolved.sha256, model=dest_path.name)
     except (IntegrityError, DiskFullError):
-        disk.remove_quietly(temp, Path(str(temp) + ".json"), Path(str(temp) + ".json.tmp"))
+        remove_part(temp)
         raise
     except OSError as exc:
         if disk.is_enospc(exc):
-            disk.remove_quietly(temp, Path(str(temp) + ".json"), Path(str(temp) + ".json.tmp"))
+            remove_part(temp)
         raise
     finally:
         if bar is not None:
             bar.close()
-    disk.remove_quietly(Path(str(temp) + ".json"), Path(str(temp) + ".json.tmp"))
-    disk.fsync_dir(dest_path.parent)
     return GetResult(dest_path, got.size, got.sha256, time.monotonic() - t0, got.resumed_bytes, got.fetched_bytes)
-
-
-def _adopt(dest: Path, temp: Path) -> None:
-    """Reuse the part file of an earlier `get` of the same DEST whose process is gone."""
-    host = disk.this_host()
-    best = None
-    try:
-        names = os.listdir(dest.parent)
-    except OSError:
-        return
-    for n in names:
-        parsed = disk.parse_part_name(n, {dest.name})
-        if parsed is None or not n.endswith(disk.PART_SUFFIX):
-            continue
-        w = disk.parse_writer_id(parsed[1])
-        if w is None or w[0] != host or disk.pid_alive(w[1]):
-            continue
-        part = dest.parent / n
-        got = disk.part_progress(part)
-        if best is None or got > best[0]:
-            best = (got, part)
-    if best is None:
-        return
-    try:
-        os.replace(best[1], temp)
-        os.replace(str(best[1]) + ".json", str(temp) + ".json")
-    except FileNotFoundError:
-        pass
 
 
 class _Bar:

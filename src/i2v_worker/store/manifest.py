@@ -198,6 +198,12 @@ def _check_uri(uri: str, *, file: str, entry: str, fld: str) -> None:
         raise ManifestError(f"bad source URI {uri!r}: {exc}", file=file, entry=entry, field=fld) from None
 
 
+# File names are limited to 255 bytes (NAME_MAX); the store derives longer ones from a model name
+# (`.<name>.<writer id up to 55 chars>.part.json.tmp`, lease claims, record temps), so the name
+# itself must leave room for those: 160 bytes of UTF-8 leaves 95 for the longest suffix.
+MAX_NAME_BYTES = 160
+
+
 def _check_name(name: str, *, file: str) -> None:
     p = PurePosixPath(name)
     if (
@@ -213,6 +219,14 @@ def _check_name(name: str, *, file: str) -> None:
         raise ManifestError(
             "the model name is its local file name: a plain file name, no path separators, not "
             "starting with '.'",
+            file=file, entry=name, field="name",
+        )
+    n = len(name.encode("utf-8"))
+    if n > MAX_NAME_BYTES:
+        raise ManifestError(
+            f"the model name is {n} bytes long; at most {MAX_NAME_BYTES} bytes are allowed (the store "
+            "adds a writer id and suffixes to it for its temp files, and a file name can have at most "
+            "255 bytes): use a shorter local name",
             file=file, entry=name, field="name",
         )
 

@@ -18,20 +18,6 @@ from i2v_worker.store.types import ProgressCallback, ProgressEvent
 logger = logging.getLogger(__name__)
 
 
-def fanout(*callbacks: ProgressCallback | None) -> ProgressCallback:
-    """One callback calling each given one; a failing callback is logged, never breaks a download."""
-    cbs = [c for c in callbacks if c is not None]
-
-    def call(event: ProgressEvent) -> None:
-        for cb in cbs:
-            try:
-                cb(event)
-            except Exception as exc:  # noqa: BLE001 - a display problem must not fail a download
-                log(logger, logging.WARNING, "progress callback failed", error=repr(exc))
-
-    return call
-
-
 class ProgressTracker:
     """Per-model byte counts -> throttled ProgressEvents (a model's event, then the overall one:
     `model=None`, the phase of the model event that triggered it, done/total over all models)."""

@@ -1,9 +1,14 @@
 """Verification records: what the store checked about a published file, so presence is a `stat`.
 
-`R/.i2v/records/<name>.json` holds size, sha256, mtime_ns, source, pinned and verified_at of the
-file the store published (or verified with `verify --full`). A model is PRESENT when its file's
-size and mtime_ns still equal the record's (and the record agrees with the manifest's pins): no
-network, no rehash. Records are written atomically (temp + rename), so a reader sees an old record,
+`R/.i2v/records/<name>.json` holds size, sha256, mtime_ns, ctime_ns, inode, source, pinned and
+verified_at of the file the store published (or verified with `verify --full`). A model is PRESENT
+when its file's size, mtime_ns, ctime_ns and inode still equal the record's (and the record agrees
+with the manifest's pins): no network, no rehash. What that fast check sees: any write through the
+filesystem (it moves mtime and ctime; restoring mtime with `touch -d`/utime moves ctime, which cannot
+be set back), a replacement by another file (new inode), a size change. What it cannot see: bytes
+changed below the filesystem (bit rot, a block device written directly, a volume restored with
+ctimes preserved); `verify --full` rehashes for those. Records written before ctime/inode were
+recorded (None) are checked on size and mtime only. Records are written atomically (temp + rename), so a reader sees an old record,
 a new one, or none, never half of one.
 """
 
@@ -24,9 +29,20 @@ class VerificationRecord(BaseModel):
     size: int
     sha256: str
     mtime_ns: int
+    ctime_ns: int | None = None  # None in records of older versions
+    inode: int | None = None
     source: str  # the source URI the bytes came from (no credentials), or "verify" for an adopted file
     pinned: bool  # size and sha256 were pinned by the manifest (else learned from the server)
     verified_at: float  # unix time
+
+
+def matches(record: VerificationRecord, st: os.stat_result) -> bool:
+    """The fast presence check: the file is the one the record describes (see the module doc)."""
+    if record.size != st.st_size or record.mtime_ns != st.st_mtime_ns:
+        return False
+    if record.ctime_ns is not None and record.ctime_ns != st.st_ctime_ns:
+        return False
+    return record.inode is None or record.inode == st.st_ino
 
 
 def record_path(root: Path, name: str) -> Path:

@@ -3,7 +3,7 @@
 Resolution turns a source into a `ResolvedSource`: the URL the transfer engine GETs ranges from,
 with the size and identity (etag / sha256) the server announces, and the headers to send.
 
-Hugging Face semantics (see shared notes, models.md): one `HEAD {endpoint}/{repo}/resolve/{rev}/
+Hugging Face semantics (the behaviour of huggingface.co a downloader relies on): one `HEAD {endpoint}/{repo}/resolve/{rev}/
 {path}` per file, `Accept-Encoding: identity`, the token sent to the hub only, redirects NOT
 followed automatically: the 302 carries `Location` (the signed CDN URL), `X-Linked-Etag` (sha256 of
 LFS files), `X-Linked-Size` and `X-Repo-Commit`. `HubConfig.offline` means no network at all.
@@ -15,7 +15,6 @@ import base64
 import binascii
 import email.utils
 import logging
-import random
 import re
 import time
 from dataclasses import dataclass, field
@@ -26,7 +25,10 @@ from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 import httpx
 
 from i2v_worker.logs import log
-from i2v_worker.store.errors import DownloadError, OfflineError
+from i2v_worker.store.clock import Cancel, Clock, SystemClock
+from i2v_worker.store.errors import DownloadError, OfflineError, TransferCancelled
+from i2v_worker.store.failures import Failure, classify_exception, classify_status, describe_exception
+from i2v_worker.store.retry import RetryPolicy
 
 if TYPE_CHECKING:  # pragma: no cover
     from i2v_worker.config import Settings
@@ -34,8 +36,8 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger("i2v_worker.store.sources")
 
 __all__ = [
-    "HubConfig", "SourceURI", "ResolvedSource", "SourceResolver", "parse_source", "redact_url",
-    "parse_retry_after", "SCHEMES",
+    "HubConfig", "SourceURI", "ResolvedSource", "SourceResolver", "Validator", "parse_source", "redact_url",
+    "split_credentials", "parse_retry_after", "SCHEMES",
 ]
 
 SCHEMES = ("hf", "https", "http", "file", "s3")
@@ -80,6 +82,38 @@ class SourceURI:
 
 
 @dataclass(frozen=True)
+class Validator:
+    """What identifies one version of the bytes at a transfer URL: its strong ETag and/or its
+    Last-Modified date (RFC 9110 validators). Every range of a download is tied to the validator
+    the download started with (`If-Range`, and a check of each response)."""
+
+    etag: str | None = None  # as sent, quotes included ('"abc"'); weak ETags are not kept
+    last_modified: str | None = None
+
+    @classmethod
+    def from_headers(cls, get: Callable[[str], str | None]) -> "Validator | None":
+        etag = (get("etag") or "").strip() or None
+        if etag is not None and etag.startswith("W/"):
+            etag = None  # a weak ETag does not promise byte equality (and If-Range refuses it)
+        lm = (get("last-modified") or "").strip() or None
+        return cls(etag, lm) if (etag or lm) else None
+
+    def if_range(self) -> str | None:
+        """The If-Range value: the strong ETag, else the date."""
+        return self.etag or self.last_modified
+
+    def conflicts(self, other: "Validator | None") -> bool:
+        """True when `other` names a different version (unknown fields are not compared)."""
+        if other is None:
+            return False
+        if self.etag and other.etag:
+            return self.etag != other.etag
+        if self.last_modified and other.last_modified:
+            return self.last_modified != other.last_modified
+        return False
+
+
+@dataclass(frozen=True)
 class ResolvedSource:
     url: str  # what to GET ranges from (CDN URL; presigned URL for s3; a local path for file)
     size: int | None
@@ -88,14 +122,13 @@ class ResolvedSource:
     commit: str | None
     headers: dict[str, str] = field(default_factory=dict)  # Authorization only for the hub's own host
     display_url: str = ""  # without credentials or signature query, for errors and logs
+    # the transfer URL's own validator when resolution saw it (http(s) HEAD on the final URL);
+    # None for hf:// (the hub's X-Linked-Etag is not the CDN's ETag): learnt from the first range
+    validator: Validator | None = None
 
     @property
     def is_local(self) -> bool:
         return not self.url.startswith(("http://", "https://"))
-
-    def identity(self) -> dict[str, Any]:
-        """URL-independent identity of the content (compared on resume and on re-resolve)."""
-        return {"size": self.size, "sha256": self.sha256, "etag": self.etag}
 
 
 # ---- parsing ------------------------------------------------------------------------------------
@@ -165,19 +198,33 @@ def _parse_hf(uri: str, rest: str) -> SourceURI:
 
 # ---- helpers ------------------------------------------------------------------------------------
 
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+
+
 def redact_url(url: str) -> str:
-    """The URL without user:password and without the query (signatures, tokens)."""
+    """The URL without user:password and without the query (signatures, tokens). Never raises,
+    whatever the input (a URL that failed to parse is redacted too)."""
+    url = _USERINFO.sub(r"\1", url.split("?", 1)[0].split("#", 1)[0])
     try:
         p = urlsplit(url)
     except ValueError:
-        return url.split("?", 1)[0]
+        return url
     if not p.scheme or not p.netloc:
-        return url.split("?", 1)[0]
-    host = p.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host + (f":{p.port}" if p.port else "")
-    return urlunsplit((p.scheme, netloc, p.path, "", ""))
+        return url
+    return urlunsplit((p.scheme, p.netloc.rpartition("@")[2], p.path, "", ""))
+
+
+def split_credentials(url: str) -> tuple[str, dict[str, str]]:
+    """`https://user:pass@host/x` -> (`https://host/x`, {"Authorization": "Basic ..."}): URL
+    credentials are sent as a header on every request of the download to that origin (and dropped
+    on a redirect to another), never left in a URL that could be logged."""
+    p = urlsplit(url)
+    if "@" not in p.netloc:
+        return url, {}
+    userinfo, _, hostport = p.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode("ascii")
+    return urlunsplit((p.scheme, hostport, p.path, p.query, p.fragment)), {"Authorization": f"Basic {token}"}
 
 
 def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time) -> float | None:
@@ -229,25 +276,24 @@ def _int_header(headers: httpx.Headers, name: str) -> int | None:
 # ---- resolution ---------------------------------------------------------------------------------
 
 class SourceResolver:
-    """Resolves sources to `ResolvedSource`. Transient failures (429, 5xx, network) are retried a
-    few times with backoff (Retry-After honoured); permanent ones raise `DownloadError(permanent=True)`."""
+    """Resolves sources to `ResolvedSource`. Failures are classified by the store's one table
+    (failures.py): transient ones (429, 5xx, network) are retried by the one RetryPolicy with the
+    injected clock (Retry-After honoured up to its cap; the wait ends at once when `cancel` is
+    set); the others raise `DownloadError(permanent=True)`."""
 
     def __init__(self, hub: HubConfig, client: httpx.Client | None = None, *,
                  s3_client_factory: Callable[[], Any] | None = None, presign_expiry_s: int = 3600,
-                 max_attempts: int = 4, backoff_base_s: float = 0.5, backoff_max_s: float = 30.0,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 retry: RetryPolicy | None = None, clock: Clock | None = None) -> None:
         self.hub = hub
         self._client = client if client is not None else httpx.Client(
             timeout=httpx.Timeout(30.0, connect=10.0), headers={"User-Agent": USER_AGENT})
         self._s3_client_factory = s3_client_factory
         self._s3_client: Any = None
         self.presign_expiry_s = presign_expiry_s
-        self.max_attempts = max_attempts
-        self.backoff_base_s = backoff_base_s
-        self.backoff_max_s = backoff_max_s
-        self._sleep = sleep
+        self.retry = retry or RetryPolicy(max_attempts=4)
+        self.clock = clock or SystemClock()
 
-    def resolve(self, uri: str | SourceURI, *, model: str | None = None) -> ResolvedSource:
+    def resolve(self, uri: str | SourceURI, *, model: str | None = None, cancel: Cancel | None = None) -> ResolvedSource:
         src = parse_source(uri) if isinstance(uri, str) else uri
         if src.scheme == "file":
             return self._resolve_file(src, model)
@@ -257,30 +303,39 @@ class SourceResolver:
                 model=model, hint="the model must already be in the store; unset HF_HUB_OFFLINE to download it")
         resolve = {"hf": self._resolve_hf, "http": self._resolve_http, "https": self._resolve_http,
                    "s3": self._resolve_s3}[src.scheme]
-        return self._with_retries(lambda: resolve(src, model), src, model)
+        return self._with_retries(lambda: resolve(src, model), src, model, cancel)
 
     # retries for transient errors (rate limits on the resolve endpoint, 5xx, network)
-    def _with_retries(self, fn: Callable[[], ResolvedSource], src: SourceURI, model: str | None) -> ResolvedSource:
+    def _with_retries(self, fn: Callable[[], ResolvedSource], src: SourceURI, model: str | None,
+                      cancel: Cancel | None) -> ResolvedSource:
         attempt = 0
         while True:
             attempt += 1
             try:
                 return fn()
             except DownloadError as exc:
-                if exc.permanent or attempt >= self.max_attempts:
+                if exc.permanent or attempt >= self.retry.max_attempts:
                     raise
-                delay = getattr(exc, "retry_after", None)
-                if delay is None:
-                    delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+                delay = self.retry.delay(attempt, exc.retry_after)
                 log(logger, logging.WARNING, "resolve failed, retrying", model=model, source=str(src),
                     error=str(exc), attempt=attempt, wait_s=round(delay, 2))
-                self._sleep(delay)
+                if self.clock.wait(delay, cancel):
+                    raise TransferCancelled(f"cancelled while waiting to retry the resolution of {src}",
+                                            model=model) from None
 
     def _transient(self, message: str, *, model: str | None, url: str, status: int | None = None,
                    retry_after: float | None = None, hint: str | None = None) -> DownloadError:
-        err = DownloadError(message, model=model, url=url, status=status, hint=hint, permanent=False)
-        err.retry_after = retry_after  # type: ignore[attr-defined]
-        return err
+        return DownloadError(message, model=model, url=url, status=status, hint=hint, permanent=False,
+                             retry_after=retry_after)
+
+    def _status_error(self, r: httpx.Response, message: str, *, model: str | None, url: str,
+                      hint: str | None = None) -> DownloadError:
+        """The error for a failed response, as the one table classifies its status (for the
+        resolver an EXPIRED status is final: it is the place fresh URLs come from)."""
+        kind = classify_status(r.status_code)
+        return DownloadError(message, model=model, url=url, status=r.status_code, hint=hint,
+                             permanent=kind is not Failure.TRANSIENT,
+                             retry_after=parse_retry_after(r.headers.get("retry-after"), now=self.clock.time))
 
     # -- hf:// --------------------------------------------------------------------------------------
     def _resolve_hf(self, src: SourceURI, model: str | None) -> ResolvedSource:
@@ -296,6 +351,9 @@ class SourceResolver:
             try:
                 r = self._client.head(url, headers=headers, follow_redirects=False)
             except httpx.TransportError as exc:
+                if classify_exception(exc) is Failure.PERMANENT:
+                    raise DownloadError(f"cannot reach the hub: {describe_exception(exc)}", model=model,
+                                        url=display, permanent=True) from None
                 raise self._transient(f"cannot reach the hub: {exc.__class__.__name__}: {exc}",
                                       model=model, url=display) from None
             h = r.headers
@@ -327,7 +385,7 @@ class SourceResolver:
 
     def _raise_for_hf(self, r: httpx.Response, src: SourceURI, model: str | None, display: str) -> None:
         code = r.status_code
-        if code < 400:
+        if classify_status(code) is None:
             return
         err_code = r.headers.get("x-error-code", "")
         what = f"{src.repo}@{src.revision}/{src.path}"
@@ -338,50 +396,47 @@ class SourceResolver:
             else:
                 hint = (f"set HF_TOKEN (or log in with `huggingface-cli login`) and accept the model's "
                         f"licence at {self.hub.endpoint}/{src.repo}")
-            raise DownloadError(f"access denied by the hub (HTTP {code}{', ' + err_code if err_code else ''}) for {what}",
-                                model=model, url=display, hint=hint, permanent=True, status=code)
-        if code == 404:
+            raise self._status_error(r, f"access denied by the hub (HTTP {code}{', ' + err_code if err_code else ''}) "
+                                        f"for {what}", model=model, url=display, hint=hint)
+        if code in (404, 410):
             reason = {"RepoNotFound": f"repository {src.repo} not found",
                       "RevisionNotFound": f"revision {src.revision!r} not found in {src.repo}",
                       "EntryNotFound": f"file {src.path!r} not found in {src.repo}@{src.revision}",
                       }.get(err_code, f"{what} not found")
-            raise DownloadError(f"{reason} (HTTP 404)", model=model, url=display, permanent=True, status=404,
-                                hint="check the repo, revision and path of the source URI in the manifest; "
-                                     "a private repo also answers 404 without HF_TOKEN")
-        retry_after = parse_retry_after(r.headers.get("retry-after"))
-        if code == 429 or code >= 500 or code == 408:
-            raise self._transient(f"the hub answered HTTP {code} while resolving {what}", model=model,
-                                  url=display, status=code, retry_after=retry_after)
-        raise DownloadError(f"the hub answered HTTP {code} while resolving {what}", model=model, url=display,
-                            permanent=True, status=code)
+            raise self._status_error(r, f"{reason} (HTTP {code})", model=model, url=display,
+                                     hint="check the repo, revision and path of the source URI in the manifest; "
+                                          "a private repo also answers 404 without HF_TOKEN")
+        raise self._status_error(r, f"the hub answered HTTP {code} while resolving {what}", model=model, url=display)
 
     # -- http(s):// ------------------------------------------------------------------------------------
     def _resolve_http(self, src: SourceURI, model: str | None) -> ResolvedSource:
         assert src.url
         display = redact_url(src.url)
+        url, auth = split_credentials(src.url)
         headers = {"Accept-Encoding": "identity"}
         try:
-            r = self._client.head(src.url, headers=headers, follow_redirects=True)
+            # httpx drops Authorization itself on a redirect to another origin
+            r = self._client.head(url, headers={**headers, **auth}, follow_redirects=True)
             if r.status_code in (405, 501):  # HEAD not allowed: ask for one byte instead
-                with self._client.stream("GET", src.url, headers={**headers, "Range": "bytes=0-0"},
+                with self._client.stream("GET", url, headers={**headers, **auth, "Range": "bytes=0-0"},
                                          follow_redirects=True) as r:
                     r.close()
         except httpx.TransportError as exc:
+            if classify_exception(exc) is Failure.PERMANENT:
+                raise DownloadError(f"cannot reach the server: {describe_exception(exc)}", model=model, url=display,
+                                    permanent=True) from None
             raise self._transient(f"cannot reach the server: {exc.__class__.__name__}: {exc}",
                                   model=model, url=display) from None
         code = r.status_code
         if code in (401, 403):
-            raise DownloadError(f"access denied (HTTP {code})", model=model, url=display, permanent=True,
-                                status=code, hint="the URL needs credentials or has expired; fix the source URI")
-        if code == 404 or code == 410:
-            raise DownloadError(f"not found (HTTP {code})", model=model, url=display, permanent=True, status=code,
-                                hint="check the source URI in the manifest")
-        if code == 429 or code >= 500 or code == 408:
-            raise self._transient(f"the server answered HTTP {code}", model=model, url=display, status=code,
-                                  retry_after=parse_retry_after(r.headers.get("retry-after")))
-        if code >= 400:
-            raise DownloadError(f"the server answered HTTP {code}", model=model, url=display, permanent=True,
-                                status=code)
+            hint = ("the user:password in the URL was refused; fix them" if auth else
+                    "the URL needs credentials or has expired; fix the source URI")
+            raise self._status_error(r, f"access denied (HTTP {code})", model=model, url=display, hint=hint)
+        if code in (404, 410):
+            raise self._status_error(r, f"not found (HTTP {code})", model=model, url=display,
+                                     hint="check the source URI in the manifest")
+        if classify_status(code) is not None:
+            raise self._status_error(r, f"the server answered HTTP {code}", model=model, url=display)
         h = r.headers
         size = None
         if code == 206:
@@ -394,6 +449,7 @@ class SourceResolver:
         etag = _unquote_etag(h.get("etag"))
         sha = None
         commit = None
+        validator = Validator.from_headers(h.get)
         if linked is not None:
             le = _unquote_etag(linked.get("x-linked-etag"))
             if le and _SHA256.match(le.lower()):
@@ -401,8 +457,12 @@ class SourceResolver:
             etag = le or etag
             size = _int_header(linked, "x-linked-size") or size
             commit = linked.get("x-repo-commit")
-        return ResolvedSource(url=str(r.url), size=size, sha256=sha, etag=etag, commit=commit,
-                              headers=dict(headers), display_url=display)
+        final = str(r.url)
+        out_headers = dict(headers)
+        if auth and _same_origin(final, url):
+            out_headers.update(auth)  # every range request of this download carries them
+        return ResolvedSource(url=final, size=size, sha256=sha, etag=etag, commit=commit,
+                              headers=out_headers, display_url=display, validator=validator)
 
     # -- s3:// -----------------------------------------------------------------------------------------
     def _resolve_s3(self, src: SourceURI, model: str | None) -> ResolvedSource:
@@ -433,7 +493,9 @@ class SourceResolver:
                 raise DownloadError(f"access denied by S3 (HTTP {status} {code})", model=model, url=display,
                                     permanent=True, status=status,
                                     hint="check the AWS_*/BUCKET_* credentials and the bucket policy") from None
-            raise self._transient(f"S3 error {status} {code}", model=model, url=display, status=status) from None
+            kind = classify_status(status) if isinstance(status, int) else Failure.TRANSIENT
+            raise DownloadError(f"S3 error {status} {code}", model=model, url=display, status=status,
+                                permanent=kind is not Failure.TRANSIENT) from None
         except BotoCoreError as exc:
             raise self._transient(f"cannot reach S3: {exc}", model=model, url=display) from None
         etag = _unquote_etag(head.get("ETag"))

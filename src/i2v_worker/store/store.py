@@ -3,36 +3,37 @@
 Layout under the store root R (a contract with the engines and tests):
 
 - `R/<folder>/<name>`: a published model (folder = the manifest's ComfyUI folder).
-- `R/<folder>/.<name>.<writer id>.part` (+ `.part.json`, the transfer engine's resume state): a
-  writer's own temp file; ComfyUI never lists dot files.
-- `R/.i2v/records/<name>.json`: the verification record (size, sha256, mtime_ns, ...), so presence
-  is a `stat` plus a small JSON read: no network, no rehash.
-- `R/.i2v/leases/<name>.lease`: the download lease (see lease.py): one download per model at a
-  time across processes and machines. Correctness never depends on it: every writer verifies its
-  own temp file and publishes with an atomic rename.
+- `R/<folder>/.<name>.<writer id>.part` (+ `.part.json`, the transfer engine's resume record): a
+  writer's own temp file; ComfyUI never lists dot files. Its size (before any byte arrives) is the
+  writer's claim on the volume's free space (disk.reserve).
+- `R/.i2v/records/<name>.json`: the verification record (size, sha256, mtime_ns, ctime_ns, inode,
+  ...), so presence is a `stat` plus a small JSON read: no network, no rehash.
+- `R/.i2v/leases/<name>.lease` (+ short-lived `.<name>.lease.*.claim` / `.new` files of a takeover
+  or an acquisition): the download lease (see lease.py): one download per model at a time across
+  processes and machines. Correctness never depends on it: every writer verifies its own temp file
+  and publishes with an atomic rename (publish.py, the one publish protocol).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from i2v_worker.logs import log
-from i2v_worker.store import disk
-from i2v_worker.store.errors import (DiskFullError, DownloadError, IntegrityError, LeaseTimeout, OfflineError,
-                                     StoreError)
-from i2v_worker.store.lease import Lease
+from i2v_worker.store import disk, publish
+from i2v_worker.store.clock import AnyCancel, Cancel, Clock, SystemClock
+from i2v_worker.store.errors import (DiskFullError, DownloadError, IntegrityError, LeaseLost, LeaseTimeout,
+                                     OfflineError, StoreError)
+from i2v_worker.store.lease import CLAIM_SUFFIX, Lease, LeaseUnreadable
 from i2v_worker.store.manifest import FOLDER_ALIASES, FOLDERS, Manifest, ModelEntry, load_manifest
 from i2v_worker.store.progress import ProgressTracker
-from i2v_worker.store.records import VerificationRecord, read_record, remove_record, write_record
+from i2v_worker.store.records import VerificationRecord, matches, read_record, remove_record, write_record
 from i2v_worker.store.types import ModelState, ModelStatus, ProgressCallback
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,8 +74,7 @@ class ModelStore:
         client: "httpx.Client | None" = None,
         s3_client_factory: Callable[..., Any] | None = None,
         lease_wait_s: float = 3600,
-        clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
+        clock: "Clock | None" = None,
         writer_id: str | None = None,
         lease_poll_s: float = 0.5,
         lease_stale_s: float = 30.0,
@@ -87,8 +87,9 @@ class ModelStore:
         self._client = client
         self._s3_client_factory = s3_client_factory
         self.lease_wait_s = lease_wait_s
-        self._clock = clock
-        self._sleep = sleep
+        # the one clock of the store (wall time, monotonic, cancellable waits): lease, resolver, downloader
+        self.clock: Clock = clock or SystemClock()
+        self._clock = self.clock.time
         self.writer_id = writer_id or disk.new_writer_id()
         self.lease_poll_s = lease_poll_s
         self.lease_stale_s = lease_stale_s
@@ -119,9 +120,10 @@ class ModelStore:
                 from i2v_worker.store.sources import SourceResolver
                 from i2v_worker.store.transfer import ConnectionBudget, Downloader
 
-                resolver = SourceResolver(self.hub, client=self._client, s3_client_factory=self._s3_client_factory)
+                resolver = SourceResolver(self.hub, client=self._client, s3_client_factory=self._s3_client_factory,
+                                          retry=self.transfer.retry, clock=self.clock)
                 budget = ConnectionBudget(self.transfer.max_connections)
-                downloader = Downloader(self.transfer, budget=budget, resolver=resolver)
+                downloader = Downloader(self.transfer, budget=budget, clock=self.clock)
                 self._engine = (resolver, downloader)
             return self._engine
 
@@ -131,13 +133,15 @@ class ModelStore:
         return self.root / e.folder / e.name
 
     def _lease(self, name: str) -> Lease:
-        return Lease(self.root / ".i2v" / "leases", name, self.writer_id, clock=self._clock,
+        # Wall time from the store's clock (what leases say and how old they look); the heartbeat's
+        # own timing (expiry) stays on the real monotonic clock its thread sleeps on.
+        return Lease(self.root / ".i2v" / "leases", name, self.writer_id, clock=self.clock.time,
                      stale_after=self.lease_stale_s, heartbeat_every=self.lease_heartbeat_s)
 
     def _record_ok(self, entry: ModelEntry, rec: VerificationRecord | None, st: os.stat_result | None) -> bool:
         if rec is None or st is None:
             return False
-        if rec.size != st.st_size or rec.mtime_ns != st.st_mtime_ns or rec.folder != entry.folder:
+        if not matches(rec, st) or rec.folder != entry.folder:
             return False
         if entry.sha256 is not None and rec.sha256 != entry.sha256:
             return False
@@ -152,31 +156,21 @@ class ModelStore:
     def _probe(self, entry: ModelEntry) -> tuple[bool, VerificationRecord | None, os.stat_result | None]:
         try:
             st = os.stat(self.root / entry.folder / entry.name)
-        except FileNotFoundError:
-            return False, None, None
-        except NotADirectoryError:
+        except OSError:  # missing, or a folder on the path is a file (ensure names it)
             return False, None, None
         rec = read_record(self.root, entry.name)
         return self._record_ok(entry, rec, st), rec, st
-
-    def is_present(self, name: str) -> bool:
-        return self._probe(self.manifest.get(name))[0]
 
     def _parts(self, entry: ModelEntry) -> list[Path]:
         folder = self.root / entry.folder
         prefix = f".{entry.name}."
         try:
             names = os.listdir(folder)
-        except FileNotFoundError:
+        except OSError:  # missing, or not a folder
             return []
         return [folder / n for n in names
                 if n.startswith(prefix) and n.endswith(disk.PART_SUFFIX)
                 and disk.parse_part_name(n, {entry.name}) is not None]
-
-    @staticmethod
-    def _part_bytes(part: Path) -> int:
-        """Bytes of a part file verified in order (its resume sidecar); parts are preallocated."""
-        return disk.part_progress(part)
 
     def status(self, names: Iterable[str] | None = None) -> list[ModelStatus]:
         """State of each model (default: every manifest entry). No network, no hashing."""
@@ -195,7 +189,7 @@ class ModelStore:
                                        st.st_size, e.sha256))
                 continue
             parts = self._parts(e)
-            done = max((self._part_bytes(p) for p in parts), default=0)
+            done = max((disk.part_progress(p) for p in parts), default=0)
             lease = self._lease(e.name)
             info = lease.read()
             if info is not None and not lease.is_stale(info):
@@ -277,8 +271,35 @@ class ModelStore:
 
     def _ensure_one(self, entry: ModelEntry, tracker: ProgressTracker, cancel: threading.Event) -> Path:
         final = self.root / entry.folder / entry.name
-        lease = self._lease(entry.name)
+        self._prepare_layout(entry)
         deadline = self._clock() + self.lease_wait_s
+        while True:  # one lease per round; a writer that loses its lease goes back to waiting
+            lease = self._acquire(entry, tracker, cancel, deadline)
+            if lease is None:
+                return final  # published by someone else meanwhile
+            abort = AnyCancel(cancel, lease.stop_signal)  # stop the download when the lease is lost
+            lease.start_heartbeat()
+            try:
+                ok, rec, _ = self._probe(entry)
+                if ok:  # published by the previous holder just before we took the lease
+                    assert rec is not None
+                    tracker.update(entry.name, "present", rec.size, rec.size)
+                    return final
+                return self._download(entry, tracker, abort, lease)
+            except LeaseLost as exc:
+                log(logger, logging.WARNING, "stopped a download whose lease was taken over; waiting for "
+                    "the new holder", model=entry.name, error=str(exc))
+                tracker.update(entry.name, "waiting", message="lease lost; waiting for the new holder", force=True)
+            except BaseException as exc:
+                tracker.update(entry.name, "failed", message=str(exc), force=True)
+                raise
+            finally:
+                lease.release()
+
+    def _acquire(self, entry: ModelEntry, tracker: ProgressTracker, cancel: threading.Event,
+                 deadline: float) -> Lease | None:
+        """Wait for and take the model's lease; None when the model turned up present meanwhile."""
+        lease = self._lease(entry.name)
         while True:
             if cancel.is_set():
                 raise EnsureCancelled("cancelled while waiting for the download lease", model=entry.name)
@@ -286,16 +307,24 @@ class ModelStore:
             if ok:
                 assert rec is not None
                 tracker.update(entry.name, "present", rec.size, rec.size)
-                return final
-            if lease.try_acquire():
-                break
-            info = lease.read()
-            if info is None:  # released just now (or unreadable): try again almost at once
-                cancel.wait(0.01)
+                return None
+            try:
+                if lease.try_acquire():
+                    return lease
+                info = lease.read_strict()
+                if info is not None and lease.is_stale(info):
+                    if lease.take_over(info):
+                        return lease
+                    continue
+            except LeaseUnreadable as exc:  # a flaky volume (ESTALE, EIO): wait and look again
+                if self._clock() >= deadline:
+                    raise disk.layout_error(exc, lease.path, model=entry.name) from None
+                self._sleep_or_cancel(cancel)
                 continue
-            if lease.is_stale(info):
-                if lease.take_over(info):
-                    break
+            except OSError as exc:
+                raise disk.layout_error(exc, lease.path.parent, model=entry.name) from None
+            if info is None:  # released just now: try again almost at once
+                cancel.wait(0.01)
                 continue
             if self._clock() >= deadline:
                 raise LeaseTimeout(
@@ -306,86 +335,42 @@ class ModelStore:
                     f"{self.lease_stale_s:.0f} s after its last heartbeat",
                 )
             parts = self._parts(entry)
-            tracker.update(entry.name, "waiting", max((self._part_bytes(p) for p in parts), default=0),
+            tracker.update(entry.name, "waiting", max((disk.part_progress(p) for p in parts), default=0),
                            entry.size, f"waiting for {info.holder} on {info.host}")
-            if cancel.wait(0) or self._sleep_or_cancel(cancel):
-                continue
-        lease.start_heartbeat()
-        try:
-            ok, rec, _ = self._probe(entry)
-            if ok:  # published by the previous holder just before we took the lease
-                assert rec is not None
-                tracker.update(entry.name, "present", rec.size, rec.size)
-                return final
-            return self._download(entry, tracker, cancel)
-        except BaseException as exc:
-            tracker.update(entry.name, "failed", message=str(exc), force=True)
-            raise
-        finally:
-            lease.release()
+            self._sleep_or_cancel(cancel)
+
+    def _prepare_layout(self, entry: ModelEntry) -> None:
+        """The folders a download writes to; a clear StoreLayoutError (read-only, a file in the way)."""
+        for d in (self.root / ".i2v" / "leases", self.root / ".i2v" / "records", self.root / entry.folder):
+            disk.make_dirs(d, model=entry.name)
 
     def _sleep_or_cancel(self, cancel: threading.Event) -> bool:
-        if self._sleep is time.sleep:
-            return cancel.wait(self.lease_poll_s)
-        self._sleep(self.lease_poll_s)
-        return cancel.is_set()
+        """Wait one lease poll on the store's clock; True when `cancel` was set meanwhile."""
+        return self.clock.wait(self.lease_poll_s, cancel)
 
     # --- download and publish ----------------------------------------------------------------------
-    def _adopt_part(self, entry: ModelEntry, temp: Path) -> None:
-        """Take over the part file a previous (dead or stalled) writer left, so its bytes are reused.
-
-        Called with the lease held. A part is adopted when its writer is a dead process on this
-        host, or when it has not been written for longer than the lease's stale time."""
-        best: tuple[int, Path] | None = None
-        host, now = disk.this_host(), self._clock()
-        for part in self._parts(entry):
-            if part == temp:
-                continue
-            parsed = disk.parse_part_name(part.name, {entry.name})
-            writer = disk.parse_writer_id(parsed[1]) if parsed else None
-            try:
-                mtime = os.stat(part).st_mtime
-            except OSError:
-                continue
-            dead = writer is not None and writer[0] == host and not disk.pid_alive(writer[1])
-            if not dead and now - mtime < self.lease_stale_s:
-                continue  # maybe a live writer (one who lost its lease): leave it alone
-            size = self._part_bytes(part)
-            if best is None or size > best[0]:
-                best = (size, part)
-        if best is None:
-            return
-        part = best[1]
-        try:
-            os.replace(part, temp)
-        except FileNotFoundError:
-            return
-        sidecar = Path(str(part) + ".json")
-        try:
-            os.replace(sidecar, Path(str(temp) + ".json"))
-        except FileNotFoundError:
-            pass
-        log(logger, logging.INFO, "resuming a previous partial download", model=entry.name,
-            from_writer=part.name, bytes_on_disk=best[0])
-
-    def _download(self, entry: ModelEntry, tracker: ProgressTracker, cancel: threading.Event) -> Path:
+    def _download(self, entry: ModelEntry, tracker: ProgressTracker, abort: Cancel, lease: Lease) -> Path:
         folder = self.root / entry.folder
-        folder.mkdir(parents=True, exist_ok=True)
         temp = folder / disk.part_name(entry.name, self.writer_id)
         if (folder / entry.name).exists():
             log(logger, logging.WARNING, "a file without a matching verification record is at the model's "
-                "path; downloading a verified copy to replace it", model=entry.name, path=str(folder / entry.name))
-        self._adopt_part(entry, temp)
+                "path; checking it, else downloading a verified copy to replace it", model=entry.name,
+                path=str(folder / entry.name))
+            if self._recognise(entry, entry.size, entry.sha256, source="verify"):  # pinned: no network
+                return folder / entry.name
+        previous = lease.previous.holder if lease.previous is not None else None
+        publish.adopt_part(folder, entry.name, temp, now=self._clock(), previous_holder=previous,
+                           stale_after=self.lease_stale_s, model=entry.name, cancel=abort)
         sources = entry.sources()
         failures: list[DownloadError] = []
         for i, uri in enumerate(sources):
             try:
-                return self._download_from(entry, uri, temp, tracker, cancel)
+                return self._download_from(entry, uri, temp, tracker, abort, lease)
             except DownloadError as exc:
                 failures.append(exc)
                 if i + 1 < len(sources):
                     # A mirror may serve different bytes for an unpinned entry: start it afresh.
-                    self._remove_temp(temp)
+                    _remove_part(temp)
                     log(logger, logging.WARNING, "source failed, trying the next mirror", model=entry.name,
                         source=redact(uri), error=str(exc), next=redact(sources[i + 1]))
         if len(failures) == 1:
@@ -394,22 +379,41 @@ class ModelStore:
         raise DownloadError(f"every source failed ({summary})", model=entry.name,
                             permanent=all(f.permanent for f in failures))
 
-    @staticmethod
-    def _remove_temp(temp: Path) -> None:
-        disk.remove_quietly(temp, Path(str(temp) + ".json"), Path(str(temp) + ".json.tmp"))
+    def _recognise(self, entry: ModelEntry, size: int | None, sha: str | None, *, source: str) -> bool:
+        """The file under the model's name already holds the expected bytes (a kill between the
+        rename and the record write): record it after one hash pass, no download."""
+        final = self.root / entry.folder / entry.name
+        st = publish.recognise(final, size, sha)
+        if st is None:
+            return False
+        assert size is not None and sha is not None
+        self._write_record(entry, st, size, sha, source)
+        log(logger, logging.INFO, "recognised the published file (one hash pass, no download)", model=entry.name,
+            path=str(final), bytes=size)
+        return True
+
+    def _write_record(self, entry: ModelEntry, st: os.stat_result, size: int, sha: str, source: str) -> None:
+        write_record(self.root, VerificationRecord(
+            name=entry.name, folder=entry.folder, size=size, sha256=sha, mtime_ns=st.st_mtime_ns,
+            ctime_ns=st.st_ctime_ns, inode=st.st_ino, source=source, pinned=entry.pinned,
+            verified_at=self._clock(),
+        ), writer_id=self.writer_id)
 
     def _download_from(self, entry: ModelEntry, uri: str, temp: Path, tracker: ProgressTracker,
-                       cancel: threading.Event) -> Path:
+                       abort: Cancel, lease: Lease) -> Path:
         from i2v_worker.store.sources import parse_source
+        from i2v_worker.store.transfer import TransferCancelled
 
         resolver, downloader = self._transfer_engine()
         folder = temp.parent
         final = folder / entry.name
         tracker.update(entry.name, "resolving", 0, entry.size)
         source = parse_source(uri)
-        resolved = resolver.resolve(source, model=entry.name)
-        server_size = getattr(resolved, "size", None)
-        server_sha = getattr(resolved, "sha256", None)
+        try:
+            resolved = resolver.resolve(source, model=entry.name, cancel=abort)
+        except TransferCancelled as exc:  # cancelled during a Retry-After wait
+            raise self._stopped(exc, lease, entry, temp) from exc
+        server_size, server_sha = resolved.size, resolved.sha256
         if entry.size is not None and server_size is not None and server_size != entry.size:
             raise IntegrityError(
                 f"the source serves {server_size} bytes but the manifest pins {entry.size}",
@@ -425,17 +429,19 @@ class ModelStore:
         expected_size = entry.size if entry.size is not None else server_size
         expected_sha = entry.sha256 if entry.sha256 is not None else server_sha
         tracker.set_total(entry.name, expected_size)
+        if entry.sha256 is None and final.exists() and self._recognise(entry, expected_size, expected_sha,
+                                                                     source=redact(uri)):
+            _remove_part(temp)
+            return final
         if expected_size is not None:
-            try:  # space the (preallocated) part file already holds
-                st = os.stat(temp)
-                have = min(st.st_size, st.st_blocks * 512)
-            except FileNotFoundError:
-                have = 0
+            # Claim the space on the volume before the first byte, next to what other writers
+            # (other processes, other hosts) have claimed: one clear DiskFullError up front.
             try:
-                disk.check_free_space(folder, max(0, expected_size - have), model=entry.name)
-            except DiskFullError:
-                self._remove_temp(temp)
-                raise
+                disk.reserve(temp, expected_size, [self.root / f for f in FOLDERS], model=entry.name,
+                             live_s=self.lease_stale_s, clock=self.clock.time, sleep=self.clock.wait,
+                             preallocate=self.transfer.preallocate)
+            except OSError as exc:
+                raise self._write_failed(exc, temp, entry) from None
 
         def on_progress(done: int, total: int | None = None) -> None:
             tracker.update(entry.name, "downloading", done, total or expected_size)
@@ -443,61 +449,62 @@ class ModelStore:
         try:
             got = downloader.download(
                 resolved, temp, model=entry.name,
-                reresolve=lambda: resolver.resolve(source, model=entry.name),
-                progress=on_progress, cancel=cancel,
+                reresolve=lambda: resolver.resolve(source, model=entry.name, cancel=abort),
+                progress=on_progress, cancel=abort,
                 expected_size=expected_size, expected_sha256=expected_sha,
             )
-        except DiskFullError:
-            self._remove_temp(temp)
+        except (DiskFullError, IntegrityError):
+            _remove_part(temp)
             raise
-        except IntegrityError:
-            self._remove_temp(temp)
-            raise
+        except TransferCancelled as exc:  # part and sidecar kept for resume
+            raise self._stopped(exc, lease, entry, temp) from exc
         except StoreError as exc:
-            if type(exc).__name__ == "TransferCancelled":  # part and sidecar kept for resume
-                raise EnsureCancelled("cancelled; the partial download is kept and resumes next time",
-                                      model=entry.name) from exc
             if disk.is_enospc(exc):
-                self._remove_temp(temp)
-                raise DiskFullError(f"disk full while writing {temp.parent}", model=entry.name,
-                                    hint="free some space or point I2V_MODEL_DIR at a larger volume") from None
+                raise self._write_failed(exc, temp, entry) from None
             raise
         except OSError as exc:
-            if disk.is_enospc(exc):
-                self._remove_temp(temp)
-                raise DiskFullError(f"disk full while writing {temp.parent}: {exc.strerror}", model=entry.name,
-                                    hint="free some space or point I2V_MODEL_DIR at a larger volume") from None
-            raise
+            raise self._write_failed(exc, temp, entry) from None
 
         tracker.update(entry.name, "verifying", got.size, expected_size)
-        problem = None
-        if expected_size is not None and got.size != expected_size:
-            problem = f"downloaded {got.size} bytes, expected {expected_size}"
-        elif expected_sha is not None and got.sha256 != expected_sha:
-            problem = f"sha256 of the download is {got.sha256}, expected {expected_sha}"
-        if problem:
-            self._remove_temp(temp)
-            raise IntegrityError(f"{problem}; nothing was published", model=entry.name, url=redact(uri),
-                                 hint="try again; if it persists the source or the manifest pin is wrong")
-        try:
-            disk.fsync_file(temp)
-            os.replace(temp, final)
-        except OSError as exc:
-            self._remove_temp(temp)
-            if disk.is_enospc(exc):
-                raise DiskFullError(f"disk full while publishing: {exc.strerror}", model=entry.name) from None
-            raise
-        disk.remove_quietly(Path(str(temp) + ".json"), Path(str(temp) + ".json.tmp"))
-        disk.fsync_dir(folder)
-        st = os.stat(final)
-        write_record(self.root, VerificationRecord(
-            name=entry.name, folder=entry.folder, size=got.size, sha256=got.sha256, mtime_ns=st.st_mtime_ns,
-            source=redact(uri), pinned=entry.pinned, verified_at=self._clock(),
-        ), writer_id=self.writer_id)
+
+        def owns() -> bool:
+            try:
+                return lease.still_held()
+            except OSError:  # cannot tell just now: our bytes are verified, the rename is atomic
+                return not lease.lost.is_set()
+
+        publish.publish(
+            temp, final, got_size=got.size, got_sha256=got.sha256, expected_size=expected_size,
+            expected_sha256=expected_sha, owns=owns, model=entry.name, url=redact(uri),
+            record=lambda st: self._write_record(entry, st, got.size, got.sha256, redact(uri)),
+        )
         tracker.update(entry.name, "published", got.size, got.size, force=True)
         log(logger, logging.INFO, "model published", model=entry.name, bytes=got.size, path=str(final),
-            pinned=entry.pinned, resumed_bytes=getattr(got, "resumed_bytes", 0))
+            pinned=entry.pinned, resumed_bytes=got.resumed_bytes)
         return final
+
+    @staticmethod
+    def _stopped(exc: BaseException, lease: Lease, entry: ModelEntry, temp: Path) -> StoreError:
+        """A cancelled transfer: LeaseLost when the lease was taken over, else EnsureCancelled."""
+        if lease.lost.is_set() or lease.expired():
+            _drop_orphan_sidecar(temp)
+            why = "was taken over" if lease.lost.is_set() else "could not be renewed in time"
+            return LeaseLost(f"the download lease {why}; stopped", model=entry.name)
+        return EnsureCancelled("cancelled; the partial download is kept and resumes next time", model=entry.name)
+
+    @staticmethod
+    def _write_failed(exc: BaseException, temp: Path, entry: ModelEntry) -> BaseException:
+        """ENOSPC -> DiskFullError (part removed); a read-only/unusable folder -> StoreLayoutError."""
+        if isinstance(exc, DiskFullError):
+            _remove_part(temp)
+            return exc
+        if disk.is_enospc(exc):
+            _remove_part(temp)
+            return DiskFullError(f"disk full while writing {temp.parent}", model=entry.name,
+                                 hint="free some space or point I2V_MODEL_DIR at a larger volume")
+        if isinstance(exc, OSError):
+            return disk.layout_error(exc, temp.parent, model=entry.name)
+        return exc
 
     # --- verify, gc, ComfyUI paths ---------------------------------------------------------------
     def verify(self, *, full: bool = False, names: Iterable[str] | None = None) -> list[ModelStatus]:
@@ -514,7 +521,7 @@ class ModelStore:
                 continue
             entry = self.manifest.get(s.name)
             rec = read_record(self.root, s.name)
-            size, sha = _hash_file(s.path)
+            size, sha = publish.hash_file(s.path)
             # The manifest pin, else what we verified when publishing (record may be stale by mtime).
             want_sha = entry.sha256 or (rec.sha256 if rec else None)
             want_size = entry.size or (rec.size if rec else None)
@@ -522,11 +529,7 @@ class ModelStore:
                 out.append(s)
                 continue
             if sha == want_sha and (want_size is None or size == want_size):
-                st = os.stat(s.path)
-                write_record(self.root, VerificationRecord(
-                    name=s.name, folder=entry.folder, size=size, sha256=sha, mtime_ns=st.st_mtime_ns,
-                    source=rec.source if rec else "verify", pinned=entry.pinned, verified_at=self._clock(),
-                ), writer_id=self.writer_id)
+                self._write_record(entry, os.stat(s.path), size, sha, rec.source if rec else "verify")
                 out.append(ModelStatus(s.name, s.folder, size, ModelState.PRESENT, entry.pinned, s.path, size, sha))
             else:
                 remove_record(self.root, s.name)
@@ -536,8 +539,12 @@ class ModelStore:
         return out
 
     def gc(self, *, dry_run: bool = False) -> list[Path]:
-        """Remove temp files no live lease protects, files in the store's folders that no manifest
-        entry references, and records of models no longer in the manifest. Returns the paths."""
+        """Remove temp files no live download protects, files in the store's folders that no
+        manifest entry references, and records of models no longer in the manifest. Returns the paths.
+
+        A temp file (part or resume record) is kept while the lease of ITS model name is live or its
+        writer is a live process on this host, whether or not this manifest knows the name: during
+        a rolling deploy a worker with an older manifest must not delete a newer worker's download."""
         by_folder: dict[str, set[str]] = {}
         for e in self.manifest.entries:
             by_folder.setdefault(e.folder, set()).add(e.name)
@@ -548,48 +555,55 @@ class ModelStore:
         def lease_live(name: str) -> bool:
             if name not in live:
                 lease = self._lease(name)
-                info = lease.read()
-                live[name] = info is not None and not lease.is_stale(info)
+                try:
+                    info = lease.read_strict()
+                except OSError:  # unreadable just now: assume live, never delete on a guess
+                    live[name] = True
+                else:
+                    live[name] = info is not None and not lease.is_stale(info)
             return live[name]
 
+        host = disk.this_host()
         for folder in FOLDERS:
             d = self.root / folder
             try:
                 items = list(os.scandir(d))
-            except FileNotFoundError:
+            except OSError:
                 continue
             for it in items:
                 if not it.is_file(follow_symlinks=False) and not it.is_symlink():
                     continue
-                parsed = disk.parse_part_name(it.name, all_names)
-                if parsed is not None:
-                    if not lease_live(parsed[0]):
-                        removed.append(Path(it.path))
-                elif it.name.startswith(".") and (it.name.endswith(disk.PART_SUFFIX) or it.name.endswith(disk.SIDECAR_SUFFIX)):
-                    removed.append(Path(it.path))  # temp of a model no longer in the manifest
-                elif it.name not in by_folder.get(folder, set()):
+                temp = disk.parse_temp_name(it.name)
+                if temp is not None:
+                    name, writer = temp
+                    w = disk.parse_writer_id(writer)
+                    if lease_live(name) or (w is not None and w[0] == host and disk.pid_alive(w[1])):
+                        continue
+                    removed.append(Path(it.path))
+                elif it.name not in by_folder.get(folder, set()) and not lease_live(it.name):
                     removed.append(Path(it.path))
         leases = self.root / ".i2v" / "leases"
         try:
             for it in os.scandir(leases):
                 # Lease files themselves stay (harmless; removing one could race a takeover);
-                # debris of heartbeats/takeovers interrupted by a crash goes.
-                if it.name.startswith(".") and (it.name.endswith(".tmp") or it.name.endswith(".takeover")):
+                # debris of acquisitions/takeovers interrupted by a crash goes once it is old.
+                if it.name.startswith(".") and it.name.endswith((".tmp", ".takeover", ".new", CLAIM_SUFFIX)):
                     try:
                         if self._clock() - it.stat().st_mtime > self.lease_stale_s:
                             removed.append(Path(it.path))
                     except OSError:
                         pass
-        except FileNotFoundError:
+        except OSError:
             pass
         records = self.root / ".i2v" / "records"
         try:
             for it in os.scandir(records):
                 if it.name.endswith(".json") and not it.name.startswith(".") and it.name[:-5] not in all_names:
-                    removed.append(Path(it.path))
+                    if not lease_live(it.name[:-5]):
+                        removed.append(Path(it.path))
                 elif it.name.startswith(".") and it.name.endswith(".tmp"):
                     removed.append(Path(it.path))
-        except FileNotFoundError:
+        except OSError:
             pass
         if not dry_run:
             for p in removed:
@@ -603,7 +617,7 @@ class ModelStore:
         import yaml
 
         for folder in FOLDERS:
-            (self.root / folder).mkdir(parents=True, exist_ok=True)
+            disk.make_dirs(self.root / folder)
         doc = {"i2v_worker": {"base_path": str(self.root.resolve()), **FOLDER_ALIASES}}
         path = self.root / "extra_model_paths.yaml"
         tmp = self.root / f".extra_model_paths.yaml.{self.writer_id}.tmp"
@@ -620,13 +634,16 @@ def _default_s3_client() -> Any:
     return boto3.client("s3")
 
 
-def _hash_file(path: Path, chunk: int = 8 * 2**20) -> tuple[int, str]:
-    h = hashlib.sha256()
-    size = 0
-    buf = bytearray(chunk)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buf):
-            h.update(view[:n])
-            size += n
-    return size, h.hexdigest()
+def _remove_part(temp: Path) -> None:
+    from i2v_worker.store.transfer import remove_part
+
+    remove_part(temp)
+
+
+def _drop_orphan_sidecar(temp: Path) -> None:
+    """After losing the lease: when the new holder already adopted (copied and removed) our part,
+    the resume record we may have rewritten since describes nothing; remove it."""
+    from i2v_worker.store.transfer import sidecar_path, sidecar_tmp_path
+
+    if not temp.exists():
+        disk.remove_quietly(sidecar_path(temp), sidecar_tmp_path(temp))
