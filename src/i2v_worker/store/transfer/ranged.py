@@ -100,8 +100,9 @@ class DurableSyncer:
 
 class ConnectionGovernor:
     """How many connections one file uses: start with `initial`, double while each measuring window
-    is faster (by `gain`) than the best before; after two windows that are not, settle on the count
-    that gave the best window (extra workers finish their piece and stop): an open link saturates
+    is faster (by `gain`) than the best before; after two windows that are not, stay, or go back to
+    the count of the best window when the last one was clearly (by `gain`) slower (extra workers
+    finish their piece and stop; noise must not halve a capped CDN's connections): an open link saturates
     the CPU with a few connections, where more only add contention; a CDN that caps each connection
     keeps rewarding more. Never above `cap`."""
 
@@ -142,7 +143,9 @@ class ConnectionGovernor:
         else:
             self.flat += 1
             if self.flat >= 2:
-                self.target, self.frozen = self.best_target, True
+                self.frozen = True
+                if rate * self.gain < self.best:  # clearly worse than with fewer: go back to those
+                    self.target = self.best_target
         return self.target
 
 
