@@ -34,7 +34,7 @@ class Settings(BaseModel):
     manifest: Path | None = Field(None, description="I2V_MANIFEST: manifest TOML file (default: the packaged production manifest)")
     preset: str = Field("wan22-i2v-lightx2v", description="I2V_PRESET: preset whose models the worker prefetches at boot and generates with")
     prefetch: bool = Field(True, description="I2V_PREFETCH: download the preset's models at boot, before the first job (0 to disable)")
-    connections_per_file: int = Field(16, ge=1, le=64, description="I2V_CONNECTIONS: most parallel ranged connections per file (default 16: the store starts with 4 and adds more while the throughput grows; a CDN caps each connection, e.g. ~40 MB/s)")
+    connections_per_file: int = Field(16, ge=1, le=64, description="I2V_CONNECTIONS: most parallel ranged connections per file (default 16: the store starts with 8 and adds more while the throughput grows; a CDN caps each connection, e.g. ~40 MB/s)")
     max_connections: int = Field(32, ge=1, le=256, description="I2V_MAX_CONNECTIONS: cap on connections across all files (default 32: two big files at full speed; 429s are retried with backoff)")
     lease_wait_s: float = Field(3600.0, description="I2V_LEASE_WAIT_S: longest wait for another worker's download of the same model")
     hf_endpoint: str = Field("https://huggingface.co", description="HF_ENDPOINT: Hugging Face hub or mirror")

@@ -19,8 +19,8 @@ class TransferConfig:
     # `initial_connections`, double while the file's aggregate throughput grows, never above
     # `connections_per_file` (a CDN caps each connection at ~40 MB/s: 16 reach aria2c -x16).
     connections_per_file: int = 16
-    initial_connections: int = 4
-    adapt_interval_s: float = 0.3  # throughput measured over this window before deciding to add
+    initial_connections: int = 8
+    adapt_interval_s: float = 0.2  # throughput measured over this window before deciding to add
     adapt_gain: float = 1.15  # add connections while a window is this much faster than the last
     max_connections: int = 32  # across all downloads: two big files at full speed at once
     chunk_size: int = 16 * 2**20  # range size

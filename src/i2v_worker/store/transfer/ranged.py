@@ -100,15 +100,18 @@ class DurableSyncer:
 
 class ConnectionGovernor:
     """How many connections one file uses: start with `initial`, double while each measuring window
-    is faster (by `gain`) than the best before, stop at the first two windows that are not (an open
-    link saturates the CPU with a few connections; a CDN that caps each connection keeps rewarding
-    more), never above `cap`."""
+    is faster (by `gain`) than the best before; after two windows that are not, stay, or go back to
+    the count of the best window when the last one was clearly (by `gain`) slower (extra workers
+    finish their piece and stop; noise must not halve a capped CDN's connections): an open link saturates
+    the CPU with a few connections, where more only add contention; a CDN that caps each connection
+    keeps rewarding more. Never above `cap`."""
 
     def __init__(self, initial: int, cap: int, window_s: float, gain: float, now: Callable[[], float]) -> None:
         self.cap = max(1, cap)
         self.target = min(initial, self.cap)
         self.window_s, self.gain, self.now = window_s, gain, now
         self.best = 0.0
+        self.best_target = self.target
         self.flat = 0
         self.frozen = self.target >= self.cap
         self._t0: float | None = None
@@ -128,16 +131,21 @@ class ConnectionGovernor:
             return self.target
         rate = (done_bytes - self._b0) / (t - self._t0)
         self._t0, self._b0 = t, done_bytes
-        if rate > self.best * self.gain:
-            self.best, self.flat = rate, 0
-            self.target = min(self.cap, self.target * 2)
+        grew = rate > self.best * self.gain
+        if rate > self.best:
+            self.best, self.best_target = rate, self.target
+        if grew:
+            self.flat = 0
+            if self.target >= self.cap:
+                self.frozen = True
+            else:
+                self.target = min(self.cap, self.target * 2)
         else:
-            self.best = max(self.best, rate)
             self.flat += 1
             if self.flat >= 2:
                 self.frozen = True
-        if self.target >= self.cap:
-            self.frozen = True
+                if rate * self.gain < self.best:  # clearly worse than with fewer: go back to those
+                    self.target = self.best_target
         return self.target
 
 
@@ -158,13 +166,13 @@ def download_ranges(dl: FileDownload, *, progress: Callable[[int, int | None], N
 
     def add_workers(n: int) -> None:
         for _ in range(n):
-            w = threading.Thread(target=_worker, args=(dl,), daemon=True,
+            w = threading.Thread(target=_worker, args=(dl, len(workers)), daemon=True,
                                  name=f"i2v-dl-{dl.model or 'file'}-{len(workers)}")
             workers.append(w)
             w.start()
 
     add_workers(governor.target)
-    dl.connections_used = len(workers)
+    dl.connections_used = dl.connections_wanted = governor.target
     progress_throttle = Throttle(_PROGRESS_S, dl.clock.monotonic)
     checkpoint_throttle = Throttle(_CHECKPOINT_S, dl.clock.monotonic)
     checkpoint_throttle.ready()
@@ -182,9 +190,10 @@ def download_ranges(dl: FileDownload, *, progress: Callable[[int, int | None], N
                 dl.interrupt()
             dl.sockets.shutdown_overdue()  # headers not complete within the read timeout
             want = governor.observe(sched.done_bytes() - sched.resumed)
+            dl.connections_wanted = want  # workers above it stop after their piece
             if want > len(workers) and sched.remaining_pieces() > 0 and not dl.stopped():
                 add_workers(min(want - len(workers), sched.remaining_pieces()))
-            dl.connections_used = len(workers)
+            dl.connections_used = min(want, len(workers))
             if progress and progress_throttle.ready():
                 progress(sched.done_bytes(), dl.size)
             done_now = sched.done_bytes()
@@ -228,11 +237,13 @@ def _writeback(dl: FileDownload, hashed: int, flushed: int) -> int:
     return hashed
 
 
-def _worker(dl: FileDownload) -> None:
+def _worker(dl: FileDownload, index: int) -> None:
     conn = Connection(dl.transport, dl.sockets)
     buf = bytearray(NET_BLOCK)  # the only body buffer of this connection
     try:
         while not dl.stopped():
+            if index >= dl.connections_wanted:
+                return  # the governor settled on fewer connections
             piece = dl.scheduler.take() if dl.scheduler else None
             if piece is None:
                 return

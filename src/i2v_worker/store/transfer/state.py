@@ -46,6 +46,7 @@ class FileDownload:
         self.range_ignored = False
         self.fetched = 0
         self.connections_used = 1  # connections the file ended up with (ranged.ConnectionGovernor)
+        self.connections_wanted = 1 << 30  # workers with an index at or above it stop (the governor's choice)
         self.reresolves_without_progress = 0
         self.scheduler = scheduler
         self.durable: list[tuple[int, int]] = []  # ranges last recorded as durable
