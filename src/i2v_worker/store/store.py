@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import httpx
 
     from i2v_worker.config import Settings
+    from i2v_worker.store.adopt import Adopter
     from i2v_worker.store.sources import HubConfig
     from i2v_worker.store.transfer import TransferConfig
 
@@ -79,6 +80,7 @@ class ModelStore:
         lease_poll_s: float = 0.5,
         lease_stale_s: float = 30.0,
         lease_heartbeat_s: float = 5.0,
+        adopter: "Adopter | None" = None,
     ) -> None:
         self.root = Path(root)
         self.manifest = manifest
@@ -95,6 +97,7 @@ class ModelStore:
         self.lease_heartbeat_s = lease_heartbeat_s
         self._engine_lock = threading.Lock()
         self._engine: tuple[Any, Any] | None = None  # (resolver, downloader), built on first download
+        self.adopter = adopter  # store/adopt/: copies the machine already has (None: never adopt)
 
     # --- construction ------------------------------------------------------------------------------
     @classmethod
@@ -105,6 +108,10 @@ class ModelStore:
         if manifest is None:
             manifest = load_manifest(settings.manifest, env=settings.manifest_vars)
         kw.setdefault("s3_client_factory", _default_s3_client)
+        if settings.adopt and "adopter" not in kw:
+            from i2v_worker.store.adopt import Adopter
+
+            kw["adopter"] = Adopter.from_settings(settings)
         return cls(
             settings.model_dir, manifest,
             hub=HubConfig.from_settings(settings), transfer=TransferConfig.from_settings(settings),
@@ -230,7 +237,8 @@ class ModelStore:
         for e in todo:
             e.sources()  # an undefined ${VAR} in a needed source: one clear ManifestError up front
         if todo and self.hub.offline:
-            offline = [e for e in todo if not all(s.startswith("file://") for s in e.sources())]
+            offline = [e for e in todo if not all(s.startswith("file://") for s in e.sources())
+                       and not (self.adopter is not None and self.adopter.candidates(e))]  # issue 10: adoptable
             if offline:
                 names_txt = " ".join(e.name for e in offline)
                 raise OfflineError(
@@ -317,6 +325,17 @@ class ModelStore:
                 assert rec is not None
                 tracker.update(entry.name, "present", rec.size, rec.size)
                 return final
+            # --- adoption (issue 10, store/adopt/): a verified copy the machine already has, linked
+            # instead of downloaded; None when there is none (reasons logged) -> download.
+            if self.adopter is not None:
+                adopted = self.adopter.adopt(
+                    entry, root=self.root, writer_id=self.writer_id, source_uri=redact(entry.sources()[0]),
+                    clock=self._clock, tracker=tracker, cancel=cancel,
+                    resolve=None if self.hub.offline else (lambda: self._transfer_engine()[0].resolve(
+                        entry.sources()[0], model=entry.name)))
+                if adopted is not None:
+                    return adopted.path
+            # --- end adoption
             return self._download(entry, tracker, cancel)
         except BaseException as exc:
             tracker.update(entry.name, "failed", message=str(exc), force=True)
