@@ -83,10 +83,10 @@ def fingerprint(root: Path) -> dict[str, tuple]:
     return out
 
 
-def store_with(tmp_path, manifest, hf, *, caches=(), comfy=(), offline=False, root=None):
+def store_with(tmp_path, manifest, hf, *, caches=(), comfy=(), offline=False, root=None, **kw):
     root = root or tmp_path / "store"
     return make_store(root, manifest, hf=hf, offline=offline,
-                      adopter=Adopter(caches, comfy, store_root=root))
+                      adopter=Adopter(caches, comfy, store_root=root), **kw)
 
 
 def reasons(caplog) -> list[str]:
@@ -390,3 +390,33 @@ def test_fetch_dry_run_says_what_would_be_adopted_and_the_bytes_left_then_fetch_
     r = run_cli("models", "status", env=env)
     assert "adopted from" in r.stdout and "downloaded" in r.stdout
     assert manifest.get("te.safetensors").pinned
+
+
+def test_two_workers_on_one_store_adopt_each_model_once(tmp_path, hf_server, files, caplog):
+    """Adoption runs inside the download lease: two workers booting together on one volume adopt
+    (hash and link) each model once; the other finds it present."""
+    import threading
+
+    cache = tmp_path / "hf-cache"
+    hf_cache(hf_server, cache, UPSTREAM, [p for p, _, _ in files.values()])
+    manifest = _manifest(tmp_path, files)
+    stores = [store_with(tmp_path, manifest, hf_server, caches=[cache], lease_poll_s=0.02)
+              for i in range(2)]
+    errors: list[BaseException] = []
+
+    def run(s):
+        try:
+            s.ensure(list(files))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    with caplog.at_level(logging.INFO, logger="i2v_worker.store.adopt"):
+        threads = [threading.Thread(target=run, args=(s,)) for s in stores]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert errors == []
+    adopted = [r.fields["model"] for r in caplog.records if r.getMessage() == "model adopted"]
+    assert sorted(adopted) == sorted(files)
+    assert hf_server.bytes_served == 0
