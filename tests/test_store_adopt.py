@@ -267,6 +267,7 @@ def test_read_only_cache_on_another_filesystem_is_symlinked_and_a_vanished_sourc
         r = run_cli("models", "verify", "--full", env=cli_env(store.root, hf=hf_server,
                                                               manifest=tmp_path / "manifest.toml", I2V_ADOPT="0"))
         assert r.returncode == 0, r.stderr
+        assert read_record(store.root, "vae.safetensors").adopted_from  # verify keeps the origin
     # the cache is gone (unmounted): missing again, never corrupt; the next ensure downloads
     [st] = store.status(["vae.safetensors"])
     assert st.state is ModelState.MISSING

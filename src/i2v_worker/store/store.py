@@ -545,6 +545,8 @@ class ModelStore:
                 write_record(self.root, VerificationRecord(
                     name=s.name, folder=entry.folder, size=size, sha256=sha, mtime_ns=st.st_mtime_ns,
                     source=rec.source if rec else "verify", pinned=entry.pinned, verified_at=self._clock(),
+                    adopted_from=rec.adopted_from if rec else None,  # issue 10: keep the origin
+                    adopted_link=rec.adopted_link if rec else None,
                 ), writer_id=self.writer_id)
                 out.append(ModelStatus(s.name, s.folder, size, ModelState.PRESENT, entry.pinned, s.path, size, sha))
             else:

@@ -39,8 +39,12 @@ class AdoptResult:
 
 class Adopter:
     def __init__(self, hf_caches: Iterable[Path] = (), comfyui_dirs: Iterable[Path] = (), *,
-                 store_root: Path | None = None) -> None:
+                 store_root: Path | None = None, hash_threads: int | None = None) -> None:
         self.finder = CandidateFinder(hf_caches, comfyui_dirs, exclude=[store_root] if store_root else [])
+        # At most one core less than the machine has hashes at once: the engine starts (imports,
+        # ComfyUI) at the same moment, and on a small machine parallel hashing would starve it.
+        n = hash_threads if hash_threads is not None else max(1, (os.cpu_count() or 2) - 1)
+        self._hash_slots = threading.BoundedSemaphore(n)
 
     @classmethod
     def from_settings(cls, settings: "Settings") -> "Adopter":
@@ -113,7 +117,8 @@ class Adopter:
                 if tracker is not None:
                     tracker.update(entry.name, "verifying", done, src.size, f"adopting {cand.path}")
 
-            size, sha = verify.hash_file(temp, progress=on_hash, cancel=cancel)
+            with self._hash_slots:
+                size, sha = verify.hash_file(temp, progress=on_hash, cancel=cancel)
             try:
                 after = os.stat(src.real)
             except FileNotFoundError:
