@@ -331,10 +331,18 @@ def child(job_file: Path, out_file: Path) -> int:
     engine_timings: dict[str, float] = {}
     real_start, real_generate = worker.engine.start, worker.engine.generate
 
+    real_models = worker._ensure_models
+
     async def start():
         t = time.time()
         await real_start()
-        marks["engine_start_s"] = time.time() - t
+        marks["engine_ready"] = time.time()
+        marks["engine_start_s"] = marks["engine_ready"] - t
+
+    async def ensure_models(inp, progress):
+        models = await real_models(inp, progress)
+        marks["models_ready"] = time.time()
+        return models
 
     async def generate(request, progress):
         video = await real_generate(request, progress)
@@ -342,6 +350,7 @@ def child(job_file: Path, out_file: Path) -> int:
         return video
 
     worker.engine.start, worker.engine.generate = start, generate
+    worker._ensure_models = ensure_models  # timestamps only; the job path is unchanged
     loop = LoopThread()
     marks["boot"] = time.time()
     boot = loop.submit(worker.start())
@@ -393,7 +402,8 @@ def run_worker(name: str, work: Path, env: dict[str, str], nginx: Nginx, timeout
     row.net_bytes = sum(x[2] for x in xfers if x[3] == "GET")
     if xfers:
         row.download_s = max(x[1] for x in xfers) - min(x[0] for x in xfers)
-        row.extra["download_from_spawn_s"] = min(x[0] for x in xfers) - t_spawn
+        row.extra["first_byte"] = min(x[0] for x in xfers) - t_spawn
+        row.extra["last_byte"] = max(x[1] for x in xfers) - t_spawn
     try:
         res = json.loads(out.read_text())
     except (OSError, ValueError):
@@ -408,7 +418,9 @@ def run_worker(name: str, work: Path, env: dict[str, str], nginx: Nginx, timeout
     row.engine_start_s = m.get("engine_start_s")
     row.load_s = e.get("load")
     row.gen_s = (e.get("inference") or 0.0) + (e.get("encode") or 0.0)
-    row.extra["boot_from_spawn_s"] = m["boot"] - t_spawn
+    row.extra["boot"] = m["boot"] - t_spawn
+    row.extra["models_ready"] = m.get("models_ready", m["boot"]) - t_spawn
+    row.extra["engine_ready"] = m.get("engine_ready", m["boot"]) - t_spawn
     engine_work = (row.load_s or 0.0) + row.gen_s
     row.overhead_s = row.t_mp4 - (row.download_s or 0.0) - engine_work
     return row
@@ -538,13 +550,18 @@ def main(argv: list[str] | None = None) -> int:
             zero = adopted.net_bytes == 0
             console.print(f"adopted: bytes from the network {adopted.net_bytes} (nginx access log) -> "
                           + ("[green]PASS[/]" if zero else "[red]FAIL[/]"))
-            # What the cold path adds beyond the pure download, compared with a worker whose store has the
-            # models (which pays process start, engine start, load and generation too).
-            extra = cold.t_mp4 - (cold.download_s or 0.0) - warm.t_mp4
+            x = cold.extra
+            console.print(f"cold timeline from spawn: worker built (python, imports) {x['boot']:.1f} s, first byte "
+                          f"{x.get('first_byte', 0):.1f} s, last byte {x.get('last_byte', 0):.1f} s, the job's models ready "
+                          f"{x['models_ready']:.1f} s, engine ready {x['engine_ready']:.1f} s, MP4 {cold.t_mp4:.1f} s")
+            # The job arrived at boot: its wait for the models beyond the pure download (first to last
+            # byte) is the worker's own overhead (resolve, lease, verify, publish, hand-over).
+            extra = (x["models_ready"] - x["boot"]) - (cold.download_s or 0.0)
             over = extra < OVERHEAD_TARGET_S
-            console.print(f"cold: {cold.t_mp4:.1f} s - download {cold.download_s or 0:.1f} s - warm {warm.t_mp4:.1f} s = "
-                          f"{extra:.1f} s of worker overhead beyond the pure download (target < {OVERHEAD_TARGET_S:.0f} s) -> "
-                          + ("[green]PASS[/]" if over else "[red]FAIL[/]"))
+            console.print(f"cold: the job's wait for its models {x['models_ready'] - x['boot']:.1f} s - pure download "
+                          f"{cold.download_s or 0:.1f} s = {extra:.1f} s of worker overhead (target < {OVERHEAD_TARGET_S:.0f} s) -> "
+                          + ("[green]PASS[/]" if over else "[red]FAIL[/]")
+                          + f"; cold - download - warm = {cold.t_mp4 - (cold.download_s or 0) - warm.t_mp4:.1f} s")
             budget = warm.t_mp4 + hash_s
             cheap = adopted.t_mp4 <= budget
             console.print(f"adopted {adopted.t_mp4:.1f} s <= warm {warm.t_mp4:.1f} s + one hash pass {hash_s:.1f} s "
