@@ -6,7 +6,6 @@ counted (zero for an adopted model)."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import subprocess
