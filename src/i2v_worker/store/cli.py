@@ -131,7 +131,9 @@ def _fetch(args: argparse.Namespace) -> int:
             store.ensure(names, progress=bars)
     else:
         store.ensure(names, progress=LogProgress())
-    _print_table(store.status(names), title=f"fetched {len(names)} model(s) in {time.monotonic() - t0:.1f} s")
+    statuses = store.status(names)
+    _print_table(statuses, title=f"fetched {len(names)} model(s) in {time.monotonic() - t0:.1f} s",
+                 origins=_origins(store, statuses))
     return 0
 
 
