@@ -48,10 +48,10 @@ def test_fetch_then_status_json_and_table(setup):
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
     assert [row["name"] for row in rows] == ["model.bin", "other.bin"]
-    assert set(rows[0]) == {"name", "folder", "size", "state", "pinned", "path", "bytes_on_disk", "sha256"}
+    assert set(rows[0]) == {"name", "folder", "size", "state", "pinned", "path", "bytes_on_disk", "sha256", "origin"}
     assert rows[0] | {} == {"name": "model.bin", "folder": "loras", "size": len(data), "state": "present",
                             "pinned": False, "path": str(store / "loras" / "model.bin"),
-                            "bytes_on_disk": len(data), "sha256": sha}
+                            "bytes_on_disk": len(data), "sha256": sha, "origin": "downloaded"}
     assert rows[1]["state"] == "missing" and rows[1]["size"] is None
 
     r = run_cli("models", "status", env=env)

@@ -40,6 +40,10 @@ class Settings(BaseModel):
     hf_endpoint: str = Field("https://huggingface.co", description="HF_ENDPOINT: Hugging Face hub or mirror")
     hf_token: str | None = Field(None, description="HF_TOKEN (or the token file under HF_HOME): sent to the hub only")
     hf_offline: bool = Field(False, description="HF_HUB_OFFLINE: 1 means no network at all; only models already in the store are used")
+    # adoption of files a machine already has (store/adopt/): searched before downloading
+    adopt: bool = Field(True, description="I2V_ADOPT: before downloading a model, adopt a verified copy from a Hugging Face cache or a ComfyUI models folder (0 to disable)")
+    hf_cache_dirs: tuple[Path, ...] = Field((), description="I2V_HF_CACHES: more Hugging Face hub caches to adopt from (comma-separated), searched after RunPod's cached models (/runpod-volume/huggingface-cache/hub), HF_HUB_CACHE, HF_HOME/hub and ~/.cache/huggingface/hub")
+    comfyui_model_dirs: tuple[Path, ...] = Field((), description="I2V_COMFYUI_MODEL_DIRS: ComfyUI `models` folders to adopt from (comma-separated; default /runpod-volume/ComfyUI/models,/workspace/ComfyUI/models)")
     manifest_vars: dict[str, str] = Field(default_factory=dict, description="I2V_*: every I2V_* environment variable, available as ${VAR} in manifest sources (e.g. I2V_TINY_DIR for the tiny preset)")
 
     # --- engine --------------------------------------------------------------------------------
@@ -93,7 +97,7 @@ class Settings(BaseModel):
         for var, field in simple.items():
             if env.get(var):
                 values[field] = env[var]
-        for var, field in {"I2V_PREFETCH": "prefetch", "HF_HUB_OFFLINE": "hf_offline",
+        for var, field in {"I2V_PREFETCH": "prefetch", "HF_HUB_OFFLINE": "hf_offline", "I2V_ADOPT": "adopt",
                            "I2V_ALLOW_LOOPBACK_IMAGES": "allow_loopback_images"}.items():
             if env.get(var):
                 values[field] = truthy(env[var])
@@ -102,9 +106,33 @@ class Settings(BaseModel):
         if env.get("I2V_LORA_HOSTS"):
             values["lora_host_allowlist"] = tuple(h.strip().lower() for h in env["I2V_LORA_HOSTS"].split(",") if h.strip())
         values["hf_token"] = env.get("HF_TOKEN") or _token_file(env)
+        values["hf_cache_dirs"] = hf_cache_dirs(env)
+        values["comfyui_model_dirs"] = _path_list(env.get("I2V_COMFYUI_MODEL_DIRS")) or DEFAULT_COMFYUI_MODEL_DIRS
         values["manifest_vars"] = {k: v for k, v in env.items() if k.startswith("I2V_")}
         values.update(overrides)
         return cls(**values)
+
+
+RUNPOD_HF_CACHE = RUNPOD_VOLUME / "huggingface-cache" / "hub"
+DEFAULT_COMFYUI_MODEL_DIRS = (RUNPOD_VOLUME / "ComfyUI" / "models", Path("/workspace/ComfyUI/models"))
+
+
+def _path_list(value: str | None) -> tuple[Path, ...]:
+    return tuple(Path(p.strip()).expanduser() for p in (value or "").split(",") if p.strip())
+
+
+def hf_cache_dirs(env: Mapping[str, str]) -> tuple[Path, ...]:
+    """The Hugging Face hub caches to adopt from, in search order, without duplicates: RunPod's
+    cached models, HF_HUB_CACHE, HF_HOME/hub, the default user cache, then I2V_HF_CACHES."""
+    xdg = Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    dirs = [RUNPOD_HF_CACHE]
+    if env.get("HF_HUB_CACHE"):
+        dirs.append(Path(env["HF_HUB_CACHE"]).expanduser())
+    if env.get("HF_HOME"):
+        dirs.append(Path(env["HF_HOME"]).expanduser() / "hub")
+    dirs.append(xdg / "huggingface" / "hub")
+    dirs += _path_list(env.get("I2V_HF_CACHES"))
+    return tuple(dict.fromkeys(dirs))
 
 
 def _token_file(env: Mapping[str, str]) -> str | None:

@@ -27,6 +27,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("names", nargs="*", metavar="NAME", help="model names (default: the preset's models)")
     p.add_argument("--preset", help="fetch this preset's models (env I2V_PRESET)")
     p.add_argument("--connections", type=int, metavar="N", help="connections per file (env I2V_CONNECTIONS)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="say what would be adopted from where and how many bytes are left to download; change nothing")
     p.set_defaults(func=_run(_fetch))
 
     p = sub.add_parser("status", parents=[common], help="show each model's state (no network, no hashing)")
@@ -122,27 +124,74 @@ def _fetch(args: argparse.Namespace) -> int:
 
     settings, store = _store(args)
     names = _selected(args, store, settings, default_all=False)
+    if getattr(args, "dry_run", False):
+        return _print_plan(store, names)
     t0 = time.monotonic()
     if sys.stderr.isatty():
         with RichProgress(names) as bars:
             store.ensure(names, progress=bars)
     else:
         store.ensure(names, progress=LogProgress())
-    _print_table(store.status(names), title=f"fetched {len(names)} model(s) in {time.monotonic() - t0:.1f} s")
+    statuses = store.status(names)
+    _print_table(statuses, title=f"fetched {len(names)} model(s) in {time.monotonic() - t0:.1f} s",
+                 origins=_origins(store, statuses))
     return 0
 
 
-def _status_dict(s) -> dict[str, Any]:
-    return {"name": s.name, "folder": s.folder, "size": s.size, "state": s.state.value, "pinned": s.pinned,
-            "path": str(s.path), "bytes_on_disk": s.bytes_on_disk, "sha256": s.sha256}
+def _status_dict(s, origin: str | None = None) -> dict[str, Any]:
+    d = {"name": s.name, "folder": s.folder, "size": s.size, "state": s.state.value, "pinned": s.pinned,
+         "path": str(s.path), "bytes_on_disk": s.bytes_on_disk, "sha256": s.sha256}
+    if origin is not None:
+        d["origin"] = origin  # "downloaded", "adopted from PATH (hardlink|symlink)", ... (issue 10)
+    return d
 
 
-def _print_table(statuses, title: str | None = None) -> None:
+def _origins(store, statuses) -> dict[str, str]:
+    from i2v_worker.store.adopt.plan import status_origin
+
+    return {s.name: status_origin(store, s.name, s.state) for s in statuses}
+
+
+def _print_plan(store, names: list[str]) -> int:
+    """`models fetch --dry-run`: per model, present / adopt from PATH / download (bytes), and the total."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from i2v_worker.store.adopt import plan_fetch
+
+    plan = plan_fetch(store, names)
+    table = Table(title=f"fetch --dry-run: model store {store.root}", title_justify="left")
+    for col in ("name", "state", "action", "from", "to download"):
+        table.add_column(col, overflow="fold")
+    for i in plan.items:
+        left = "-" if i.action in ("present", "adopt") else ("? (unpinned)" if i.bytes_to_download is None
+                                                              else _human(i.bytes_to_download))
+        table.add_row(i.name, i.state, i.action, i.source, left)
+    console = Console(width=200 if not sys.stdout.isatty() else None)
+    console.print(table)
+    for i in plan.items:
+        for r in i.rejected:
+            print(f"  {i.name}: not adoptable: {r}")
+    adopt = [i for i in plan.items if i.action == "adopt"]
+    unknown = plan.unknown_sizes
+    print(f"would adopt {len(adopt)} model(s) ({_human(sum(i.size or 0 for i in adopt))}), "
+          f"download {sum(1 for i in plan.items if i.action in ('download', 'resume'))} "
+          f"({plan.bytes_to_download} bytes = {_human(plan.bytes_to_download)}"
+          + (f" + {len(unknown)} unpinned of unknown size: {' '.join(unknown)}" if unknown else "") + ")")
+    print("plan-json: " + json.dumps({"bytes_to_download": plan.bytes_to_download, "unknown_sizes": unknown,
+                                      "items": [i.__dict__ | {"rejected": list(i.rejected)} for i in plan.items]}))
+    return 0
+
+
+def _print_table(statuses, title: str | None = None, origins: dict[str, str] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
-    for col in ("name", "folder", "size", "state", "pinned", "path"):
+    cols = ("name", "folder", "size", "state", "pinned", "path") + (("origin",) if origins is not None else ())
+    for col in cols:
         table.add_column(col, overflow="fold")
     colors = {"present": "green", "missing": "red", "corrupt": "bold red", "unverified": "yellow",
               "partial": "yellow", "downloading": "cyan"}
@@ -152,7 +201,8 @@ def _print_table(statuses, title: str | None = None) -> None:
         if state in ("partial", "downloading") and s.bytes_on_disk:
             state += f" ({_human(s.bytes_on_disk)})"
         table.add_row(s.name, s.folder, size, f"[{colors.get(s.state.value, 'white')}]{state}[/]",
-                      "yes" if s.pinned else "no", str(s.path))
+                      "yes" if s.pinned else "no", str(s.path),
+                      *((origins.get(s.name, ""),) if origins is not None else ()))
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
 
 
@@ -171,10 +221,12 @@ def _status(args: argparse.Namespace) -> int:
     names = _selected(args, store, settings, default_all=True)
     statuses = store.status(names)
     loras = [] if getattr(args, "names", None) or getattr(args, "preset", None) else _job_loras(settings, store).status()
+    origins = _origins(store, statuses)
     if args.json:
-        print(json.dumps([_status_dict(s) for s in statuses] + [_job_lora_dict(s) for s in loras], indent=1))
+        print(json.dumps([_status_dict(s, origins[s.name]) for s in statuses] + [_job_lora_dict(s) for s in loras],
+                         indent=1))
     else:
-        _print_table(statuses, title=f"model store {store.root}")
+        _print_table(statuses, title=f"model store {store.root}", origins=origins)
         if loras:
             _print_job_loras(loras, settings)
     return 0

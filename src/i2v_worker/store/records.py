@@ -34,6 +34,11 @@ class VerificationRecord(BaseModel):
     source: str  # the source URI the bytes came from (no credentials), or "verify" for an adopted file
     pinned: bool  # size and sha256 were pinned by the manifest (else learned from the server)
     verified_at: float  # unix time
+    # Adoption (store/adopt/): the file was not downloaded but linked from a file the machine
+    # already had. None for a download. `adopted_from` is the path as found (a HF cache snapshot
+    # path or a ComfyUI models file); `adopted_link` is "hardlink" or "symlink".
+    adopted_from: str | None = None
+    adopted_link: str | None = None
 
 
 def matches(record: VerificationRecord, st: os.stat_result) -> bool:

@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import httpx
 
     from i2v_worker.config import Settings
+    from i2v_worker.store.adopt import Adopter
     from i2v_worker.store.sources import HubConfig
     from i2v_worker.store.transfer import TransferConfig
 
@@ -79,6 +80,7 @@ class ModelStore:
         lease_poll_s: float = 0.5,
         lease_stale_s: float = 30.0,
         lease_heartbeat_s: float = 5.0,
+        adopter: "Adopter | None" = None,
     ) -> None:
         self.root = Path(root)
         self.manifest = manifest
@@ -96,6 +98,7 @@ class ModelStore:
         self.lease_heartbeat_s = lease_heartbeat_s
         self._engine_lock = threading.Lock()
         self._engine: tuple[Any, Any] | None = None  # (resolver, downloader), built on first download
+        self.adopter = adopter  # store/adopt/: copies the machine already has (None: never adopt)
 
     # --- construction ------------------------------------------------------------------------------
     @classmethod
@@ -106,6 +109,10 @@ class ModelStore:
         if manifest is None:
             manifest = load_manifest(settings.manifest, env=settings.manifest_vars)
         kw.setdefault("s3_client_factory", _default_s3_client)
+        if settings.adopt and "adopter" not in kw:
+            from i2v_worker.store.adopt import Adopter
+
+            kw["adopter"] = Adopter.from_settings(settings)
         return cls(
             settings.model_dir, manifest,
             hub=HubConfig.from_settings(settings), transfer=TransferConfig.from_settings(settings),
@@ -224,7 +231,8 @@ class ModelStore:
         for e in todo:
             e.sources()  # an undefined ${VAR} in a needed source: one clear ManifestError up front
         if todo and self.hub.offline:
-            offline = [e for e in todo if not all(s.startswith("file://") for s in e.sources())]
+            offline = [e for e in todo if not all(s.startswith("file://") for s in e.sources())
+                       and not (self.adopter is not None and self.adopter.candidates(e))]  # issue 10: adoptable
             if offline:
                 names_txt = " ".join(e.name for e in offline)
                 raise OfflineError(
@@ -285,6 +293,16 @@ class ModelStore:
                     assert rec is not None
                     tracker.update(entry.name, "present", rec.size, rec.size)
                     return final
+                # Adoption (store/adopt/): a verified copy the machine already has, linked instead
+                # of downloaded; None when there is none (reasons logged) -> download.
+                if self.adopter is not None:
+                    adopted = self.adopter.adopt(
+                        entry, root=self.root, writer_id=self.writer_id, source_uri=redact(entry.sources()[0]),
+                        clock=self._clock, tracker=tracker, cancel=abort,
+                        resolve=None if self.hub.offline else (lambda: self._transfer_engine()[0].resolve(
+                            entry.sources()[0], model=entry.name, cancel=abort)))
+                    if adopted is not None:
+                        return adopted.path
                 return self._download(entry, tracker, abort, lease)
             except LeaseLost as exc:
                 log(logger, logging.WARNING, "stopped a download whose lease was taken over; waiting for "
@@ -392,11 +410,13 @@ class ModelStore:
             path=str(final), bytes=size)
         return True
 
-    def _write_record(self, entry: ModelEntry, st: os.stat_result, size: int, sha: str, source: str) -> None:
+    def _write_record(self, entry: ModelEntry, st: os.stat_result, size: int, sha: str, source: str, *,
+                      adopted_from: str | None = None, adopted_link: str | None = None) -> None:
         write_record(self.root, VerificationRecord(
             name=entry.name, folder=entry.folder, size=size, sha256=sha, mtime_ns=st.st_mtime_ns,
-            ctime_ns=st.st_ctime_ns, inode=st.st_ino, source=source, pinned=entry.pinned,
-            verified_at=self._clock(),
+            # an adopted file's ctime moves whenever its cache adds or drops a name for the inode
+            ctime_ns=None if adopted_from else st.st_ctime_ns, inode=st.st_ino, source=source,
+            pinned=entry.pinned, verified_at=self._clock(), adopted_from=adopted_from, adopted_link=adopted_link,
         ), writer_id=self.writer_id)
 
     def _download_from(self, entry: ModelEntry, uri: str, temp: Path, tracker: ProgressTracker,
@@ -529,7 +549,9 @@ class ModelStore:
                 out.append(s)
                 continue
             if sha == want_sha and (want_size is None or size == want_size):
-                self._write_record(entry, os.stat(s.path), size, sha, rec.source if rec else "verify")
+                self._write_record(entry, os.stat(s.path), size, sha, rec.source if rec else "verify",
+                                   adopted_from=rec.adopted_from if rec else None,  # keep the origin
+                                   adopted_link=rec.adopted_link if rec else None)
                 out.append(ModelStatus(s.name, s.folder, size, ModelState.PRESENT, entry.pinned, s.path, size, sha))
             else:
                 remove_record(self.root, s.name)
