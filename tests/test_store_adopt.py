@@ -15,6 +15,7 @@ import pytest
 
 from i2v_worker.config import Settings, hf_cache_dirs
 from i2v_worker.store import ModelState, OfflineError, load_manifest
+from i2v_worker.store.errors import StoreLayoutError
 from i2v_worker.store.adopt import Adopter, plan_fetch
 from i2v_worker.store.records import read_record
 from tests.support.store_helpers import blob, cli_env, make_store, run_cli, sha256, tmpfs, write_manifest
@@ -308,7 +309,7 @@ def test_a_store_that_cannot_link_downloads_instead(tmp_path, hf_server, files, 
     with tmpfs(root / "vae", 8 * MB):  # the model's folder is a read-only mount; leases still work
         subprocess.run(["mount", "-o", "remount,ro", str(root / "vae")], check=True)
         store = store_with(tmp_path, _manifest(tmp_path, files), hf_server, caches=[cache], root=root)
-        with caplog.at_level(logging.WARNING), pytest.raises(OSError):
+        with caplog.at_level(logging.WARNING), pytest.raises(StoreLayoutError, match="not writable"):
             store.ensure(["vae.safetensors"])
     assert any("could not link it into the store" in r for r in reasons(caplog))
     assert fingerprint(cache) == before

@@ -527,6 +527,20 @@ class ModelStore:
         return exc
 
     # --- verify, gc, ComfyUI paths ---------------------------------------------------------------
+    def relinked(self, name: str) -> bool:
+        """Re-record `name` after a hard link to its file was added or removed, which moves only the
+        inode's ctime: the same inode, size and mtime keep it verified without a rehash. False (and
+        nothing written) when the file is anything else than the recorded one."""
+        rec = read_record(self.root, name)
+        try:
+            st = os.stat(self.root / rec.folder / name) if rec is not None else None
+        except OSError:
+            return False
+        if rec is None or st is None or rec.inode != st.st_ino or rec.size != st.st_size or rec.mtime_ns != st.st_mtime_ns:
+            return False
+        write_record(self.root, rec.model_copy(update={"ctime_ns": st.st_ctime_ns}), writer_id=self.writer_id)
+        return True
+
     def verify(self, *, full: bool = False, names: Iterable[str] | None = None) -> list[ModelStatus]:
         """Status of every model; with `full`, rehash each file on disk and compare with its record
         (or the manifest's pin). A mismatch is CORRUPT and its record is dropped, so the next

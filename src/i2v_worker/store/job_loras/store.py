@@ -469,6 +469,8 @@ class JobLoraStore:
             await self.files.aensure([entry.name], progress=sink)
             disk.remove_quietly(staging)
             return
+        else:  # the new name moved the inode's ctime: the staging record follows (no rehash)
+            self.files.relinked(staging.name)
         [st] = await asyncio.to_thread(self.files.verify, full=True, names=[entry.name])
         if st.state != ModelState.PRESENT:  # a foreign file was at the content name: replace it by a copy
             disk.remove_quietly(self.content_path(sha))
