@@ -212,7 +212,7 @@ def build(build_args: dict[str, str], log: Path) -> float:
             lines.append(line.rstrip("\n"))
             if len(lines) > 4000:
                 del lines[:2000]
-            if line.startswith("STEP "):
+            if re.match(r"(\[\d+/\d+\] )?STEP \d+/\d+", line):
                 step = line.strip()
                 say(f"{time.monotonic() - t0:6.0f} s  {step[:150]}")
         code = proc.wait()
