@@ -40,11 +40,13 @@ ENV VIRTUAL_ENV=/opt/venv \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python3 -m venv /opt/venv
 
-# torch + torchvision first, at the versions constraints.txt pins.
+# torch + torchvision first, at the versions constraints.txt pins (and torchvision's own
+# dependencies, e.g. Pillow, already at the versions requirements-comfyui.txt allows).
 ARG TORCH_INDEX_URL=https://pypi.org/simple
 COPY constraints.txt requirements-comfyui.txt /build/
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install --index-url "${TORCH_INDEX_URL}" -c /build/constraints.txt torch torchvision
+    pip install --index-url "${TORCH_INDEX_URL}" -c /build/constraints.txt -c /build/requirements-comfyui.txt \
+        torch torchvision
 
 # ComfyUI and ComfyUI-GGUF at pinned commits (GitHub serves a commit by its id to a shallow fetch).
 ARG COMFYUI_REPO=https://github.com/comfyanonymous/ComfyUI.git

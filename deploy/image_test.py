@@ -258,7 +258,7 @@ def smoke(log: Path) -> dict[str, float]:
                 if proc.poll() is not None:
                     raise StepFailed(step, f"the worker exited with {proc.returncode} before its API answered")
                 try:
-                    if http.get("/docs").status_code == 200:
+                    if http.get("/").status_code == 200:  # the SDK's API docs page (docs_url="/")
                         break
                 except httpx.TransportError:
                     pass
