@@ -59,30 +59,41 @@ RUN set -eux; \
     fetch "${COMFYUI_REPO}" "${COMFYUI_COMMIT}" /opt/ComfyUI; \
     fetch "${COMFYUI_GGUF_REPO}" "${COMFYUI_GGUF_COMMIT}" /opt/ComfyUI/custom_nodes/ComfyUI-GGUF
 
-# The project as a wheel, built here from the build context (.dockerignore keeps tests, .venv,
-# generated models and outputs out of it).
-COPY pyproject.toml README.md /build/src/
-COPY src /build/src/src
-RUN --mount=type=cache,target=/root/.cache/pip \
-    pip wheel --no-deps --wheel-dir /build/wheels /build/src
-
-# One resolver run for ComfyUI's requirements, ComfyUI-GGUF's and the worker (with the in-process
-# diffusers engine, used by the no-volume smoke test), everything held to the development pins:
-# constraints.txt (torch) and requirements-comfyui.txt (ComfyUI's tested versions). torchaudio is
-# dropped: ComfyUI only logs that its audio nodes are unavailable, and it would need its own
-# CUDA-matched build.
+# One resolver run for ComfyUI's requirements, ComfyUI-GGUF's and the worker's own dependencies (its
+# pyproject's `dependencies` plus the `diffusers` extra, for the in-process engine of the no-volume
+# smoke test), everything held to the development pins: constraints.txt (torch) and
+# requirements-comfyui.txt (ComfyUI's tested versions). torchaudio is dropped: ComfyUI only logs
+# that its audio nodes are unavailable, and it would need its own CUDA-matched build. Only
+# pyproject.toml is copied here, so a change of the worker's code does not redo this layer.
+COPY pyproject.toml /build/src/pyproject.toml
 RUN --mount=type=cache,target=/root/.cache/pip \
     set -eux; \
     grep -viE '^\s*torchaudio' /opt/ComfyUI/requirements.txt > /build/comfyui-requirements.txt; \
+    python -c 'import tomllib; p = tomllib.load(open("/build/src/pyproject.toml", "rb"))["project"]; \
+               print("\n".join(p["dependencies"] + p["optional-dependencies"]["diffusers"]))' > /build/worker-requirements.txt; \
     pip install -c /build/constraints.txt -c /build/requirements-comfyui.txt \
         -r /build/comfyui-requirements.txt \
         -r /opt/ComfyUI/custom_nodes/ComfyUI-GGUF/requirements.txt \
-        "$(ls /build/wheels/i2v_worker-*.whl)[diffusers]"; \
-    pip check; \
-    python -c "import torch, torchvision, i2v_worker; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+        -r /build/worker-requirements.txt; \
+    echo /opt/i2v-worker/lib > "$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/i2v-worker.pth"
 
 # Byte-compile ComfyUI now so a cold worker does not pay for it on every start.
 RUN python -m compileall -q -j 0 /opt/ComfyUI
+
+# The worker itself, as a wheel built here from the build context (.dockerignore keeps tests, .venv,
+# generated models and outputs out of it), installed without dependencies into its own folder
+# (/opt/i2v-worker/lib, on the venv's path through i2v-worker.pth): a new worker version is one
+# small layer. pip check then sees the whole environment, the worker included.
+COPY README.md /build/src/
+COPY src /build/src/src
+RUN --mount=type=cache,target=/root/.cache/pip \
+    set -eux; \
+    pip wheel --no-deps --wheel-dir /build/wheels /build/src; \
+    pip install --no-deps -c /build/constraints.txt --target /opt/i2v-worker/lib /build/wheels/i2v_worker-*.whl; \
+    PATH=/opt/i2v-worker/lib/bin:$PATH; \
+    pip check; \
+    i2v-worker --version; \
+    python -c "import torch, torchvision, i2v_worker; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 # ---------------------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS runtime
@@ -115,7 +126,7 @@ LABEL org.opencontainers.image.title="i2v-worker" \
 #   a timed matmul in the worker process (a second CUDA context beside ComfyUI's); the worker
 #   registers its own cheap fitness checks instead (`serve` sets this too; see docs/deploy.md).
 # The container runs as root: RunPod's network volume is root-owned, and the store writes there.
-ENV PATH=/opt/venv/bin:$PATH \
+ENV PATH=/opt/i2v-worker/lib/bin:/opt/venv/bin:$PATH \
     VIRTUAL_ENV=/opt/venv \
     PYTHONUNBUFFERED=1 \
     COMFYUI_PATH=/opt/ComfyUI \
@@ -124,6 +135,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /opt/i2v-worker
 # The RunPod Hub's entry file, the same `serve` (`python handler.py` == `i2v-worker serve`).
 COPY handler.py /opt/i2v-worker/handler.py
+# Last: the layers above stay cached when only the worker's code changed.
+COPY --from=builder /opt/i2v-worker/lib /opt/i2v-worker/lib
 # `i2v-worker serve` starts ComfyUI, prefetches the preset's models and runs the RunPod handler.
 # Arguments given to the container are passed on (e.g. --rp_serve_api --rp_api_host 0.0.0.0).
 ENTRYPOINT ["i2v-worker", "serve"]

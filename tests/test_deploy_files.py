@@ -547,3 +547,15 @@ def test_hub_deadline_fits_the_default_execution_timeout() -> None:
     env = {e["key"]: e["input"] for e in hub["config"]["env"]}
     assert float(env["I2V_JOB_DEADLINE_S"]["default"]) < 600, "RunPod's default execution timeout is 600 s"
     assert "I2V_EXECUTION_TIMEOUT_S" in env
+
+
+def test_the_workers_code_is_the_last_layer(dockerfile: Dockerfile) -> None:
+    """A change of the worker's code must not redo the multi-GB dependency layers: the builder
+    installs the dependencies before it copies src/, and the runtime stage copies the worker last."""
+    builder = next(s for s in dockerfile.stages if s.name == "builder")
+    keys = [(i.keyword, i.args) for i in builder.instructions]
+    src_at = next(n for n, (k, a) in enumerate(keys) if k == "COPY" and a.split()[0] == "src")
+    deps_at = max(n for n, (k, a) in enumerate(keys) if k == "RUN" and "-r /build/worker-requirements.txt" in a)
+    assert deps_at < src_at
+    copies = [i.args for i in dockerfile.final.instructions if i.keyword == "COPY"]
+    assert copies[-1] == "--from=builder /opt/i2v-worker/lib /opt/i2v-worker/lib"
