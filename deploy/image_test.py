@@ -53,6 +53,7 @@ DEBIAN_MIRROR = "http://deb.debian.org/debian"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 TOOLS = {"podman": "podman", "buildah": "buildah", "debootstrap": "debootstrap", "git": "git"}
 LOG_TAIL = 60
+GIT_PORT = 9418
 
 
 class StepFailed(Exception):
@@ -82,6 +83,15 @@ def sh(step: str, cmd: list[str], *, log: Path | None = None, timeout: float | N
     if res.returncode != 0:
         raise StepFailed(step, f"`{' '.join(cmd[:4])} ...` exited with {res.returncode}", out)
     return res.stdout
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def free_port() -> int:
@@ -151,7 +161,9 @@ class GitDaemon:
     """`git daemon` serving CACHE/git on 127.0.0.1 (the build reaches it over the host network)."""
 
     def __init__(self, base: Path) -> None:
-        self.base, self.port = base, free_port()
+        # The repo URLs are build args, and a build arg used by a RUN is part of its cache key: a
+        # fixed port (git's own, 9418) keeps the URLs, hence the layer cache, the same across runs.
+        self.base, self.port = base, GIT_PORT if port_free(GIT_PORT) else free_port()
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "GitDaemon":
