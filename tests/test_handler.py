@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import time
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -387,6 +388,28 @@ async def test_deadline_interrupts_the_engine(harness):
     assert h.engine.cancelled
     h.engine.block = False  # the next job runs normally
     assert "error" not in await h.worker.handle(job())
+
+
+async def test_deadline_never_exceeds_the_jobs_execution_timeout(harness):
+    """RunPod's policy.executionTimeout (ms) in the job caps the worker's own deadline, so the job
+    ends with a readable timeout error before the platform's TIMED_OUT."""
+    h = harness(StandInEngine(block=True), job_deadline_s=570)
+    await h.worker.start(prefetch=True)
+    await h.worker.prefetch_task
+    t0 = time.monotonic()
+    out = await h.worker.handle(dict(job(), policy={"executionTimeout": 3000}))
+    assert out["error_code"] == "timeout", out
+    assert time.monotonic() - t0 < 3.0, "ended before the platform's 3 s limit"
+    assert "policy.executionTimeout" in out["error"] and out["details"]["platform_limit_s"] == 3.0
+    assert out["details"]["deadline_s"] == pytest.approx(2.7)
+
+
+async def test_deadline_is_capped_by_the_stated_endpoint_timeout(harness):
+    h = harness(StandInEngine(block=True), job_deadline_s=570, execution_timeout_s=2.5)
+    await h.worker.start(prefetch=True)
+    await h.worker.prefetch_task
+    out = await h.worker.handle(job())
+    assert out["error_code"] == "timeout" and "I2V_EXECUTION_TIMEOUT_S" in out["error"], out
 
 
 async def test_health_action(harness):

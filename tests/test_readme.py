@@ -56,7 +56,8 @@ def _readme_commands() -> list[str]:
 # Commands shown in the README that need more than this module can start cheaply, and the test
 # (or CI step) that runs each of them for real.
 EXERCISED_ELSEWHERE = {
-    "make run": ".ci/run",
+    "make run": ".ci/run",  # ENGINE=comfyui too: .ci/run runs both
+    "make image-test": ".ci/run",
     "make test": ".ci/run",
     "make serve": "tests/test_client.py",  # the same `serve --rp_serve_api` on the tiny models
     "make bench": "bench/run.sh",

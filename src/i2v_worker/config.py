@@ -53,7 +53,8 @@ class Settings(BaseModel):
     comfyui_url: str | None = Field(None, description="COMFYUI_URL: attach to an already running ComfyUI instead of starting one")
     comfyui_port: int = Field(8188, description="COMFYUI_PORT: port of the supervised ComfyUI (127.0.0.1 only)")
     comfyui_args: str = Field("", description="COMFYUI_ARGS: extra arguments for ComfyUI's main.py (e.g. --highvram)")
-    job_deadline_s: float = Field(1800.0, gt=0, description="I2V_JOB_DEADLINE_S: per-job deadline; ComfyUI is interrupted when it passes")
+    job_deadline_s: float = Field(570.0, gt=0, description="I2V_JOB_DEADLINE_S: per-job deadline; ComfyUI is interrupted when it passes (default 570: inside RunPod's default 600 s execution timeout)")
+    execution_timeout_s: float | None = Field(None, gt=0, description="I2V_EXECUTION_TIMEOUT_S: the endpoint's execution timeout, when raised above RunPod's 600 s default; the job deadline then ends 15 s before it (a job's own policy.executionTimeout wins)")
 
     # --- input and output ----------------------------------------------------------------------
     image_max_bytes: int = Field(25 * 2**20, description="I2V_IMAGE_MAX_BYTES: largest accepted input image (download or base64)")
@@ -86,6 +87,7 @@ class Settings(BaseModel):
             "HF_ENDPOINT": "hf_endpoint", "I2V_ENGINE": "engine", "I2V_DEVICE": "device",
             "COMFYUI_PATH": "comfyui_path", "COMFYUI_URL": "comfyui_url", "COMFYUI_PORT": "comfyui_port",
             "COMFYUI_ARGS": "comfyui_args", "I2V_JOB_DEADLINE_S": "job_deadline_s",
+            "I2V_EXECUTION_TIMEOUT_S": "execution_timeout_s",
             "I2V_IMAGE_MAX_BYTES": "image_max_bytes", "I2V_IMAGE_FETCH_TIMEOUT_S": "image_fetch_timeout_s",
             "I2V_MAX_BASE64_BYTES": "max_base64_result_bytes", "I2V_OUTPUT_DIR": "output_dir",
             "BUCKET_ENDPOINT_URL": "bucket_endpoint_url", "BUCKET_ACCESS_KEY_ID": "bucket_access_key_id",

@@ -59,9 +59,10 @@ TROUBLESHOOTING: dict[ErrorCode, tuple[str, str]] = {
                              "read the message; out of memory: a smaller size or length"),
     ErrorCode.INVALID_GRAPH: ("ComfyUI rejected the graph (names the node and input)",
                               "usually a missing custom node: the message says which (e.g. ComfyUI-GGUF)"),
-    ErrorCode.TIMEOUT: ("the job passed `I2V_JOB_DEADLINE_S`; the engine was interrupted (the message names the stage)",
-                        "raise the deadline (and the endpoint's execution timeout above it), or ask for fewer "
-                        "frames, steps or a lower `interpolate`"),
+    ErrorCode.TIMEOUT: ("the job passed its deadline (`I2V_JOB_DEADLINE_S`, never beyond the platform's execution "
+                        "timeout minus 15 s); the engine was interrupted (the message names the stage)",
+                        "raise the endpoint's execution timeout, `I2V_EXECUTION_TIMEOUT_S` and `I2V_JOB_DEADLINE_S` "
+                        "together (docs/deploy.md, Timeouts), or ask for fewer frames, steps or a lower `interpolate`"),
     ErrorCode.CANCELLED: ("the job was cancelled while the engine ran it", "nothing: send it again if it was not meant"),
     ErrorCode.OUTPUT_TOO_LARGE: ("the base64 video is larger than `I2V_MAX_BASE64_BYTES`",
                                  "set `BUCKET_ENDPOINT_URL`, `BUCKET_ACCESS_KEY_ID`, `BUCKET_SECRET_ACCESS_KEY`; "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import sys
 import threading
 from typing import Any, Awaitable, Callable, TypeVar
@@ -22,6 +23,8 @@ from i2v_worker.worker.handler import ProgressSink, Worker
 
 logger = logging.getLogger("i2v_worker.worker")
 T = TypeVar("T")
+# runpod 1.12 rp_fitness: "true" skips the automatic system checks (memory, disk, network, torch CUDA).
+SKIP_SDK_SYSTEM_CHECKS = "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS"
 
 
 def build_worker(settings: Settings, *, progress_sink: ProgressSink | None = None) -> Worker:
@@ -88,8 +91,17 @@ def _log_boot(fut: concurrent.futures.Future) -> None:
 
 
 def serve(settings: Settings, sdk_args: list[str]) -> int:
-    """The container's entry: boot the worker (engine + prefetch), then run the runpod SDK loop."""
+    """The container's entry: boot the worker (engine + prefetch), then run the runpod SDK loop.
+
+    The SDK's automatic system checks are skipped (they import torch and time a matmul in THIS
+    process, beside ComfyUI's CUDA context); the worker's own cheap checks (worker/fitness.py) are
+    registered instead. RUNPOD_SKIP_AUTO_SYSTEM_CHECKS=false in the environment brings them back."""
+    os.environ.setdefault(SKIP_SDK_SYSTEM_CHECKS, "true")  # read by the SDK when its checks run
     import runpod
+
+    from i2v_worker.worker import fitness
+
+    fitness.register(settings)
 
     local_api = "--rp_serve_api" in sdk_args
     # progress_update posts to RunPod's job API; the local FastAPI has none to post to.

@@ -32,6 +32,7 @@ from i2v_worker.logs import Throttle, log
 from i2v_worker.store.errors import (DiskFullError, DownloadError, LeaseTimeout, ManifestError, OfflineError,
                                      StoreError)
 from i2v_worker.store.types import ModelState, ProgressEvent
+from i2v_worker.worker.deadline import effective_deadline
 from i2v_worker.worker.delivery import DeliveryError, check_delivery_possible, deliver
 from i2v_worker.worker.finish import InterpolationError, VideoFinisher
 from i2v_worker.worker.image import (MAX_PIXELS, ImageInputError, PreparedImage, Resolver, decode_base64, decode_image,
@@ -157,7 +158,8 @@ class Worker:
             if parsed.warnings:
                 log(logger, logging.INFO, "deprecated input fields", job=job_id, warnings="; ".join(parsed.warnings))
             check_delivery_possible(parsed.input.delivery, self.settings)
-            deadline = asyncio.timeout(self.settings.job_deadline_s)
+            limit = effective_deadline(self.settings, job)
+            deadline = asyncio.timeout(limit.seconds)
             try:
                 async with deadline:
                     return await self._run(job, job_id, parsed.input, parsed.warnings, t0, stage)
@@ -165,11 +167,13 @@ class Worker:
                 if not deadline.expired():  # a TimeoutError from inside, not the deadline
                     raise
                 log(logger, logging.WARNING, "job deadline passed", job=job_id, stage=stage["name"],
-                    deadline_s=self.settings.job_deadline_s)
+                    deadline_s=limit.seconds, source=limit.source)
                 return error_output(
-                    ErrorCode.TIMEOUT, f"the job did not finish within {self.settings.job_deadline_s:g} s "
-                    f"(I2V_JOB_DEADLINE_S): it was stopped during {stage['name']}. Raise the deadline, or ask for "
-                    "fewer frames or steps", {"stage": stage["name"], "deadline_s": self.settings.job_deadline_s})
+                    ErrorCode.TIMEOUT, f"the job did not finish within {limit.seconds:g} s "
+                    f"({limit.source}): it was stopped during {stage['name']}. Raise the deadline (and the "
+                    "endpoint's execution timeout with I2V_EXECUTION_TIMEOUT_S), or ask for fewer frames or steps",
+                    {"stage": stage["name"], "deadline_s": limit.seconds, "deadline_source": limit.source,
+                     "platform_limit_s": limit.platform_limit_s})
         except InvalidInput as exc:
             return exc.to_output()
         except _JobFailed as exc:

@@ -51,7 +51,8 @@ from i2v_worker.engines.comfyui.client import (
 )
 from i2v_worker.engines.comfyui.frames import read_frames
 from i2v_worker.engines.comfyui.job import PromptState, check_outcome, follow, inference_seconds
-from i2v_worker.engines.comfyui.process import ComfyUIProcess, ProcessSpec, build_argv, describe_exit
+from i2v_worker.engines.comfyui.process import (ComfyUIProcess, ProcessSpec, build_argv, describe_exit,
+                                                 stray_extra_model_paths)
 from i2v_worker.logs import log
 from i2v_worker.error_codes import ErrorCode
 
@@ -237,8 +238,13 @@ class ComfyUIEngine:
             self._work_dir = Path(tempfile.mkdtemp(prefix="i2v-comfyui-"))
             self.input_dir, self.output_dir = self._comfyui_dirs()
         assert self.input_dir and self.output_dir
-        for d in (self.input_dir, self.output_dir, self._work_dir / "temp"):
+        for d in (self.input_dir, self.output_dir, self._work_dir / "temp", self._work_dir / "user"):
             d.mkdir(parents=True, exist_ok=True)
+        stray = stray_extra_model_paths(self.comfyui_path)
+        if stray is not None:
+            log(logger, logging.WARNING, "ComfyUI will also load model folders from a config in its tree "
+                "(it reads that file on every start); remove it, or use a copy without it "
+                "(python deploy/local_comfyui.py DIR for the vendored tree)", file=str(stray))
         extra_paths = self.store.comfyui_extra_paths() if self.store is not None else None
         if self.settings.device == "cpu":
             cpu = True
@@ -250,6 +256,7 @@ class ComfyUIEngine:
             python=self._python, comfyui_path=self.comfyui_path, port=self.settings.comfyui_port,
             extra_model_paths=extra_paths, input_dir=self.input_dir, output_dir=self.output_dir,
             temp_dir=self._work_dir / "temp", cpu=cpu, extra_args=self._extra_args,
+            user_dir=self._work_dir / "user",
         )
         assert self.log_file is not None
         proc = ComfyUIProcess(ProcessSpec(argv=argv, cwd=self.comfyui_path, log_file=self.log_file,
@@ -327,7 +334,24 @@ class ComfyUIEngine:
             await self._session.close()
         self._ready_proc = None
         if self._own_work_dir and self._work_dir is not None:
+            self._remove_work_dir_keeping_log()
+
+    def _remove_work_dir_keeping_log(self) -> None:
+        """The work folder goes (inputs, outputs, temp, ComfyUI's user folder and database); the
+        ComfyUI log stays where the start line said it is, for reading after the run."""
+        assert self._work_dir is not None
+        log_file = self.log_file
+        if log_file is None or not log_file.is_file():
             shutil.rmtree(self._work_dir, ignore_errors=True)
+            return
+        for entry in self._work_dir.iterdir():
+            if entry == log_file:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        log(logger, logging.INFO, "ComfyUI log kept", log_file=str(log_file))
 
     async def health(self) -> dict[str, Any]:
         info: dict[str, Any] = {

@@ -166,6 +166,6 @@ def missing_nodes_message(missing: list[str], packages: Mapping[str, str], impor
 def missing_nodes_error(missing: list[str], packages: Mapping[str, str], import_failures: list[str] | None = None) -> EngineError:
     return EngineError(
         missing_nodes_message(missing, packages, import_failures),
-        code=ErrorCode.ENGINE_UNAVAILABLE,
+        code=ErrorCode.INVALID_GRAPH,  # ComfyUI runs; the graph needs a node it lacks (README: invalid_graph)
         details={"missing_nodes": missing, "import_failures": import_failures or []},
     )

