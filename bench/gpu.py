@@ -16,7 +16,7 @@ with random contents cost what the real ones cost to load, dequantize and run. T
 4. prints a table and writes JSON (`--json`, default `<store>/bench-gpu-<shape>.json`).
 
 Stages per job, from the engine's own `timings` (DiffusersEngine returns load, text_encode,
-image_encode, sampling, vae_decode, mp4) made exact on a GPU by synchronizing CUDA at the stage
+image_encode, sampling, vae_decode) made exact on a GPU by synchronizing CUDA at the stage
 boundaries (a bench-only subclass: the engine itself never synchronizes), plus per-file load time
 and per-expert seconds per step (each denoiser call timed between two synchronizations):
 
@@ -24,7 +24,8 @@ and per-expert seconds per step (each denoiser call timed between two synchroniz
     text encode     UMT5 on the prompt (cfg 1: no negative pass)
     image encode    VAE encode of the start image + gray frames (the I2V condition)
     <expert> s/step each expert's denoiser calls, per step
-    VAE decode, video encode (h264), end to end (engine.generate wall time)
+    VAE decode      the engine's; video encode: the worker's one encoder (h264 MP4) on the returned frames
+    end to end      engine.generate wall time (generation; the encode is timed after it)
     peak memory     torch.cuda.max_memory_allocated / _reserved (reset per job) and nvidia-smi's
                     highest memory.used while the job ran (all processes on that GPU); on CPU the
                     process's peak RSS
@@ -129,8 +130,8 @@ def preflight(shape: str, store: Path, *, device: str, min_vram_gb: float | None
     info["nvidia_smi"] = shutil.which("nvidia-smi") is not None
     store.mkdir(parents=True, exist_ok=True)
     spec = SHAPES[shape]
-    names = shape_files(shape)
     sizes = estimate_bytes(spec)
+    names = generation_files(shape)
     missing = sum(sizes[r] for r, n in names.items() if not (store / n).is_file())
     free_disk = shutil.disk_usage(store).free
     need_disk = missing + (2 * GIB if shape == "production" else 64 * 2**20) if min_free_gb is None else min_free_gb * 1e9
@@ -245,6 +246,23 @@ def start_png(width: int, height: int) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "PNG")
     return buf.getvalue()
+
+
+def generation_files(shape: str) -> dict[ModelRole, str]:
+    """The five generation files of `shape` (the RIFE interpolation model is not measured here)."""
+    return {r: n for r, n in shape_files(shape).items() if r is not ModelRole.INTERPOLATION}
+
+
+def encode_timed(video: Any, out_dir: Path, stem: str) -> tuple[float, int]:
+    """The worker's one encoder (h264 MP4, default quality) on the engine's frames: (seconds, bytes);
+    the file is removed. Engines return frames: encoding is the worker's step, timed here."""
+    from i2v_worker.video.encode import encode_video
+
+    t0 = time.perf_counter()
+    encoded = encode_video(video.pixels, out_dir / stem, fps=video.fps)
+    secs = time.perf_counter() - t0
+    encoded.path.unlink(missing_ok=True)
+    return round(secs, 4), encoded.size_bytes
 
 
 def make_request(job: JobShape, paths: dict[ModelRole, Path], *, job_id: str, seed: int, out_dir: Path) -> GenerationRequest:
@@ -380,8 +398,7 @@ async def run_diffusers(shape: str, paths: dict[ModelRole, Path], job: JobShape,
                 mem.update(torch_peak_allocated_bytes=torch.cuda.max_memory_allocated(),
                            torch_peak_reserved_bytes=torch.cuda.max_memory_reserved(),
                            nvidia_smi_peak_used_mib=smi.peak_mib)
-            size = video.path.stat().st_size if video.path.is_file() else None
-            video.path.unlink(missing_ok=True)
+            t["encode"], size = encode_timed(video, out_dir, req.job_id)
             result["jobs"].append({
                 "label": label, "end_to_end_s": round(e2e, 4),
                 "stages_s": {k: round(float(v), 4) for k, v in t.items()},
@@ -493,12 +510,12 @@ async def run_comfyui(shape: str, paths: dict[ModelRole, Path], job: JobShape, *
                 t_start = time.perf_counter()
                 video = await engine.generate(req, progress)
                 e2e = time.perf_counter() - t_start
-            result["jobs"].append({"label": label, "end_to_end_s": round(e2e, 4),
-                                   "stages_s": {k: float(v) for k, v in video.timings.items()},
+            stages = {k: float(v) for k, v in video.timings.items()}
+            stages["encode"], size = encode_timed(video, out_dir, req.job_id)
+            result["jobs"].append({"label": label, "end_to_end_s": round(e2e, 4), "stages_s": stages,
                                    "experts": comfyui_step_times(steps, job),
                                    "memory": {"nvidia_smi_peak_used_mib": smi.peak_mib},
-                                   "video": {"bytes": video.path.stat().st_size if video.path.is_file() else None}})
-            video.path.unlink(missing_ok=True)
+                                   "video": {"bytes": size}})
             if on_job is not None:
                 on_job(result)
     finally:
@@ -544,7 +561,7 @@ def table(report: dict[str, Any]) -> str:
         row(f"{which} s/step ({steps} steps)", lambda j, w=which: j.get("experts", {}).get(w, {}).get("s_per_step"))
     row("sampling (s)", st("sampling"))
     row("VAE decode (s)", st("vae_decode"))
-    row("video encode (s)", lambda j: j.get("stages_s", {}).get("mp4", j.get("stages_s", {}).get("encode")))
+    row("video encode (s)", st("encode"))
     if any("ready_wait" in j.get("stages_s", {}) for j in per_col):  # ComfyUI: one number for the graph
         row("ComfyUI inference (s)", st("inference"))
     row("end to end (s)", lambda j: j.get("end_to_end_s"))
@@ -617,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
             files[role.value] = {"name": path.name, "bytes": path.stat().st_size, "write_s": round(secs, 3)}
             print(f"generate: {path.name} {path.stat().st_size / 1e9:.2f} GB in {secs:.1f} s", file=sys.stderr, flush=True)
 
-        paths = generate_models(store, SHAPES[shape], names=shape_files(shape), force=args.force, on_file=on_file)
+        paths = generate_models(store, SHAPES[shape], names=generation_files(shape), force=args.force, on_file=on_file)
         for role, path in paths.items():
             files.setdefault(role.value, {"name": path.name, "bytes": path.stat().st_size, "write_s": None})
         generate_s = time.perf_counter() - t0

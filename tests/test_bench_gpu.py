@@ -60,7 +60,7 @@ def test_tiny_shape_runs_both_jobs_and_reports_every_stage(tmp_path: Path):
     report = json.loads(report_path.read_text())
     assert report["shape"] == "tiny" and report["ok"] is True
     assert report["job"]["steps"] == 4 and report["job"]["high_noise_steps"] == 2
-    assert set(report["generate"]["files"]) == {r.value for r in ModelRole}
+    assert set(report["generate"]["files"]) == {r.value for r in ModelRole if r is not ModelRole.INTERPOLATION}
     diffusers = report["engines"]["diffusers"]
     assert diffusers["status"] == "ok" and diffusers["device"] == "cpu"
     assert set(diffusers["hooks"]) == {"per-file load", "per-step expert time", "text/image encode sync"}
@@ -68,7 +68,7 @@ def test_tiny_shape_runs_both_jobs_and_reports_every_stage(tmp_path: Path):
     assert (cold["label"], warm["label"]) == ("cold", "warm")
     for job in (cold, warm):
         stages = job["stages_s"]
-        for key in ("load", "text_encode", "image_encode", "sampling", "vae_decode", "mp4"):
+        for key in ("load", "text_encode", "image_encode", "sampling", "vae_decode", "encode"):
             assert stages[key] >= 0, key
         assert job["end_to_end_s"] >= stages["sampling"] > 0
         for which in ("high_noise", "low_noise"):

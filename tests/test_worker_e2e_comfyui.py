@@ -37,13 +37,12 @@ from i2v_worker.engines.base import ModelRole
 from i2v_worker.store.records import VerificationRecord, read_record, remove_record, write_record
 from i2v_worker.store.types import ModelState
 from i2v_worker.worker.app import build_worker
-from tests.support.comfyui import ComfyUIServer
+from tests.support.comfyui import STORE_FOLDERS, ComfyUIServer
 from tests.support.comfyui_engine import png, probe_mp4
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parent.parent
-STORE_FOLDERS = ("unet", "text_encoders", "vae", "loras")
 W, H, LENGTH, FPS, STEPS = 64, 48, 5, 16, 4
 TIMING_KEYS = {"models", "upload", "queue", "inference", "encode", "total"}
 
@@ -376,12 +375,12 @@ async def test_silently_corrupted_model_file_gives_a_readable_error_and_recovers
     rec = read_record(e2e.store_root, path.name)
     assert rec is not None
     # Silent disk corruption: the file loses two thirds of its bytes and the record is updated to
-    # match, so the store's cheap presence check (size + mtime) still says PRESENT.
+    # match, so the store's cheap presence check (size, mtime, ctime, inode) still says PRESENT.
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 3])
     st = path.stat()
     write_record(e2e.store_root, VerificationRecord(**{**rec.model_dump(), "size": st.st_size,
-                                                       "mtime_ns": st.st_mtime_ns}), writer_id="e2e-test")
+                                                       "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}), writer_id="e2e-test")
     try:
         free_comfyui_caches(e2e.comfy)  # else ComfyUI reuses the expert it loaded for an earlier job
         result = await handle(settings, {"id": "e2e-corrupt", "input": job_input(seed=5)})

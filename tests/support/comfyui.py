@@ -60,7 +60,7 @@ __all__ = [
 ]
 
 TEST_NODES_DIR = Path(__file__).resolve().parent.parent / "comfyui_nodes"
-STORE_FOLDERS = ("unet", "text_encoders", "vae", "loras")
+STORE_FOLDERS = ("unet", "text_encoders", "vae", "loras", "vfi")  # vfi: the worker's RIFE model
 # ComfyUI folder name -> store folder (the contract of the model store's comfyui_extra_paths())
 COMFYUI_FOLDERS = {"unet": "unet", "diffusion_models": "unet", "text_encoders": "text_encoders",
                    "clip": "text_encoders", "vae": "vae", "loras": "loras"}
