@@ -360,6 +360,20 @@ def image_size() -> dict[str, int]:
     return sizes
 
 
+def image_id_of(ref: str) -> str | None:
+    r = subprocess.run(["podman", "image", "inspect", "--format", "{{.Id}}", ref], capture_output=True, text=True)
+    return r.stdout.strip() or None if r.returncode == 0 else None
+
+
+def drop_superseded(old_id: str | None) -> None:
+    """Remove the image the tag pointed to before this build (about 7 GB each): without it every
+    run on the same machine leaves one more behind. Its layers shared with the new image stay."""
+    if old_id and old_id != image_id_of(IMAGE):
+        r = subprocess.run(["podman", "rmi", old_id], capture_output=True, text=True)
+        say(f"removed the superseded image {old_id[:12]}" if r.returncode == 0
+            else f"kept the superseded image {old_id[:12]}: {r.stderr.strip()[:200]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--skip-smoke", action="store_true", help="build and measure only")
@@ -376,8 +390,10 @@ def main(argv: list[str] | None = None) -> int:
             with GitDaemon(CACHE / "git") as daemon:
                 build_args["COMFYUI_REPO"] = daemon.url("ComfyUI")
                 build_args["COMFYUI_GGUF_REPO"] = daemon.url("ComfyUI-GGUF")
+                before = image_id_of(IMAGE)
                 build_s = build(build_args, logs / "build.log")
         say(f"build: {build_s:.0f} s")
+        drop_superseded(before)
         timings = {} if args.skip_smoke else smoke(logs / "smoke.log")
         if timings:
             say("smoke timings: " + ", ".join(f"{k}={v}" for k, v in timings.items()))

@@ -244,19 +244,26 @@ async def fetch_image(
         raise ImageInputError(field, "fetch_failed", f"fetching {url} failed: {type(exc).__name__}: {exc}") from None
 
 
-async def _fetch_hop(client: httpx.AsyncClient, url: httpx.URL, field: str, max_bytes: int,
-                     allowlist: tuple[str, ...], allow_loopback: bool, resolve: Resolver) -> bytes | httpx.URL:
-    """One request: returns the body, or the next URL when the server redirects."""
+async def checked_addresses(url: httpx.URL, field: str, allowlist: tuple[str, ...], allow_loopback: bool,
+                            resolve: Resolver, *, setting: str = "") -> list[str]:
+    """The rules every hop obeys: http(s) only, a host on the allow-list (when one is set), and every
+    address it resolves to public (loopback only with the test setting) -> the checked addresses."""
     if url.scheme not in ("http", "https"):
         raise ImageInputError(field, "scheme", f"only http and https URLs are fetched (got {url.scheme!r} in {url})")
     host = url.host
     if not host:
         raise ImageInputError(field, "scheme", f"URL has no host: {url}")
     if not host_allowed(host, allowlist):
-        raise ImageInputError(field, "host_not_allowed",
-                              f"host {host!r} is not in the allow-list (I2V_IMAGE_HOSTS={','.join(allowlist)})")
+        named = f"{setting}=" if setting else ""
+        raise ImageInputError(field, "host_not_allowed", f"host {host!r} is not in the allow-list ({named}{','.join(allowlist)})")
     port = url.port or (443 if url.scheme == "https" else 80)
-    addrs = await _resolve_checked(host, port, field, allow_loopback, resolve)
+    return await _resolve_checked(host, port, field, allow_loopback, resolve)
+
+
+async def _fetch_hop(client: httpx.AsyncClient, url: httpx.URL, field: str, max_bytes: int,
+                     allowlist: tuple[str, ...], allow_loopback: bool, resolve: Resolver) -> bytes | httpx.URL:
+    """One request: returns the body, or the next URL when the server redirects."""
+    addrs = await checked_addresses(url, field, allowlist, allow_loopback, resolve, setting="I2V_IMAGE_HOSTS")
     for i, addr in enumerate(addrs):  # every address was checked; try them in order until one connects
         try:
             return await _get(client, url, addr, field, max_bytes)
@@ -358,16 +365,7 @@ async def fetch_range(
                                          timeout=httpx.Timeout(timeout_s)) as client:
                 current = httpx.URL(url)
                 for _hop in range(MAX_REDIRECTS + 1):
-                    if current.scheme not in ("http", "https"):
-                        raise ImageInputError(field, "scheme", f"only http and https URLs are fetched (got {current.scheme!r} in {current})")
-                    host = current.host
-                    if not host:
-                        raise ImageInputError(field, "scheme", f"URL has no host: {current}")
-                    if not host_allowed(host, allowlist):
-                        raise ImageInputError(field, "host_not_allowed",
-                                              f"host {host!r} is not in the allow-list ({','.join(allowlist)})")
-                    port = current.port or (443 if current.scheme == "https" else 80)
-                    addrs = await _resolve_checked(host, port, field, allow_loopback, resolve)
+                    addrs = await checked_addresses(current, field, allowlist, allow_loopback, resolve)
                     req = _pinned_request(current, addrs[0])
                     req["headers"].update({"Accept": "*/*", "Range": f"bytes={start}-{end}"})
                     async with client.stream("GET", **req) as response:
