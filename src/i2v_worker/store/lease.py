@@ -181,6 +181,14 @@ class Lease:
 
     def try_acquire(self) -> bool:
         """Create the lease when there is none; True when this caller now holds it."""
+        fd = self._link_fresh()
+        if fd is None:
+            return False
+        self._hold(fd)
+        return True
+
+    def _link_fresh(self) -> int | None:
+        """Link a fresh record at the lease's name unless one is there: its descriptor, or None."""
         tmp, fd = self._fresh_file()
         try:
             won = _link_exclusive(tmp, self.path, fd)
@@ -188,9 +196,8 @@ class Lease:
             disk.remove_quietly(tmp)
         if not won:
             os.close(fd)
-            return False
-        self._hold(fd)
-        return True
+            return None
+        return fd
 
     def take_over(self, seen: LeaseInfo) -> bool:
         """Replace the stale lease `seen` in one atomic step; True when this caller now holds it."""
@@ -321,13 +328,8 @@ class Lease:
 
     def _relink(self, fd: int) -> bool:
         """Our lease name is gone: link a fresh record in its place unless someone else did."""
-        new_tmp, new_fd = self._fresh_file()
-        try:
-            won = _link_exclusive(new_tmp, self.path, new_fd)
-        finally:
-            disk.remove_quietly(new_tmp)
-        if not won:
-            os.close(new_fd)
+        new_fd = self._link_fresh()
+        if new_fd is None:
             return False
         os.close(fd)
         self._fd = new_fd

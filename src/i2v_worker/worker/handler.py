@@ -90,6 +90,7 @@ class Worker:
         self._engine_lock: asyncio.Lock | None = None
         self.prefetch_task: asyncio.Task | None = None
         self.finisher = VideoFinisher(settings.device)
+        self._job_loras: Any = None  # the store's job-LoRA area, built by the first job that names LoRAs
 
     # --- lifecycle --------------------------------------------------------------------------------
     async def start(self, *, prefetch: bool | None = None) -> None:
@@ -357,7 +358,7 @@ class Worker:
 
     def job_lora_store(self):
         """The store's job-LoRA area (built on the first job that names LoRAs)."""
-        if getattr(self, "_job_loras", None) is None:
+        if self._job_loras is None:
             from i2v_worker.store.job_loras import JobLoraStore
 
             self._job_loras = JobLoraStore.from_settings(self.settings, self.store, resolver=self._resolver)

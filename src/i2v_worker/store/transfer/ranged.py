@@ -277,11 +277,9 @@ def _fetch_piece(dl: FileDownload, piece: Piece, conn: Connection, buf: bytearra
                 return
             raise Transient("the body ended before the end of the range")
         except (Expired, Transient, OSError, http.client.HTTPException) as exc:
-            conn.close()
-            if isinstance(exc, Expired):
-                dl.renew_url(gen)
+            err = failed_request(dl, exc, conn, gen)
+            if err is None:
                 continue
-            err = exc if isinstance(exc, Transient) else _network_failure(dl, exc)
         if dl.stopped():
             raise Aborted()
         failures = 0 if (piece.filled > before and not err.slow) else failures + 1
@@ -297,6 +295,16 @@ def _fetch_piece(dl: FileDownload, piece: Piece, conn: Connection, buf: bytearra
                 offset=piece.filled, error=str(err), wait_s=round(delay, 2))
         if dl.clock.wait(delay, dl.stop):
             raise Aborted()
+
+
+def failed_request(dl: FileDownload, exc: BaseException, conn: Connection, gen: int) -> Transient | None:
+    """After a request on `conn` failed (both download paths): None when the URL had expired (it
+    is renewed: retry at once), else the Transient failure to count; a permanent one raises."""
+    conn.close()
+    if isinstance(exc, Expired):
+        dl.renew_url(gen)
+        return None
+    return exc if isinstance(exc, Transient) else _network_failure(dl, exc)
 
 
 def _network_failure(dl: FileDownload, exc: BaseException) -> Transient:

@@ -15,7 +15,7 @@ from i2v_worker.logs import Throttle
 from i2v_worker.store.errors import DownloadError, IntegrityError
 from i2v_worker.store.transfer.http import Connection, body_reader
 from i2v_worker.store.transfer.partfile import pwrite_all
-from i2v_worker.store.transfer.ranged import NET_BLOCK, _network_failure
+from i2v_worker.store.transfer.ranged import NET_BLOCK, failed_request
 from i2v_worker.store.transfer.responses import (Aborted, Expired, Transient, content_range_start,
                                                  raise_for_status)
 from i2v_worker.store.transfer.state import FileDownload
@@ -63,11 +63,9 @@ def download_stream(dl: FileDownload, hasher: Any, *, expected: int | None,
                     continue
                 raise Transient(f"body ended at {state['pos']} of {expected} bytes")
             except (Expired, Transient, OSError, http.client.HTTPException) as exc:
-                conn.close()
-                if isinstance(exc, Expired):
-                    dl.renew_url(gen)
+                err = failed_request(dl, exc, conn, gen)
+                if err is None:
                     continue
-                err = exc if isinstance(exc, Transient) else _network_failure(dl, exc)
             failures = 0 if (state["pos"] > before and not err.slow) else failures + 1
             if failures >= dl.retry.max_attempts:
                 raise DownloadError(f"gave up after {failures} failed attempts (last error: {err})",
