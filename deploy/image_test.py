@@ -20,8 +20,11 @@ I2V_ENGINE=comfyui, ComfyUI on CPU; POST the job of .runpod/tests.json to /runsy
 check the answer is a playable MP4 (PyAV) with the requested frames, size and codec.
 
 Caches (I2V_IMAGE_TEST_CACHE, default /var/cache/i2v-worker): the base rootfs tarball and image,
-podman's layer cache and the pip cache mount (podman's own storage), the compressed-size
-measurement per image id. A failure names the build step or smoke step and prints the log tail.
+podman's layer cache (its own storage; the builder stage is tagged too so that its torch layer
+survives a prune), the compressed-size measurement per image id. Disk: the build starts only with
+I2V_IMAGE_TEST_MIN_FREE_GB (24) free in podman's storage, removing dangling images and then this
+test's own images when short, and each run removes the images it superseded. A failure names the
+build step or smoke step and prints the log tail.
 """
 
 from __future__ import annotations
@@ -48,6 +51,13 @@ import local_comfyui  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("I2V_IMAGE_TEST_CACHE", "/var/cache/i2v-worker"))
 IMAGE = os.environ.get("I2V_IMAGE_TEST_TAG", "localhost/i2v-worker:image-test")
+# The builder stage gets a tag of its own: an untagged stage is a dangling image, and pruning
+# dangling images (when the disk is short) would otherwise drop the multi-GB torch layer cache.
+BUILDER_IMAGE = f"{IMAGE}-builder"
+# Free space a build needs in podman's storage, measured cold: the builder's layers (~7.5 GB, most
+# of it torch's CUDA wheels), the runtime's (~7.5 GB, the venv copied over), a layer being committed
+# is briefly on disk twice, and the size measurement writes the compressed layers (~4 GB).
+MIN_FREE_GB = float(os.environ.get("I2V_IMAGE_TEST_MIN_FREE_GB", "24"))
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -206,13 +216,52 @@ def make_repos(work: Path) -> dict[str, str]:
     return {"COMFYUI_COMMIT": comfy_commit, "COMFYUI_GGUF_COMMIT": gguf_commit}
 
 
-# --- 4. build --------------------------------------------------------------------------------------------
-def build(build_args: dict[str, str], log: Path) -> float:
-    cmd = ["podman", "build", "--isolation", "chroot", "--layers", "-f", str(ROOT / "Dockerfile"), "-t", IMAGE]
+# --- 4. disk ---------------------------------------------------------------------------------------------
+def free_gb(path: Path) -> float:
+    return shutil.disk_usage(path).free / 2**30
+
+
+def make_room() -> None:
+    """Start the build with MIN_FREE_GB free in podman's storage, else fail before it begins.
+
+    Short of room, remove first what is garbage by podman's own definition (dangling images: the
+    steps of superseded or failed builds, this test's earlier runs included), then this test's own
+    two images (the next build is then a cold one, ~20 min). Nothing else is touched.
+    """
+    root = Path(sh("disk: podman info", ["podman", "info", "--format", "{{.Store.GraphRoot}}"]).strip())
+    root.mkdir(parents=True, exist_ok=True)
+    mine = [ref for ref in (IMAGE, BUILDER_IMAGE) if image_id_of(ref)]
+    # Working containers left by a killed smoke run keep their image's layers alive.
+    listed = sh("disk: buildah containers", ["buildah", "containers", "--format", "{{.ContainerID}} {{.ImageName}}"])
+    stale = [line.split()[0] for line in listed.splitlines() if line.split()[1:] and line.split()[1] in mine]
+    if stale:
+        subprocess.run(["buildah", "rm", *stale], capture_output=True)
+        say(f"disk: removed {len(stale)} working container(s) left by an earlier run")
+    steps = [("dangling images (the steps of superseded and failed builds)", ["podman", "image", "prune", "-f"])]
+    if mine:
+        steps.append((f"this test's own images {', '.join(mine)} (the next build starts cold)", ["podman", "rmi", *mine]))
+    for what, cmd in steps:
+        if free_gb(root) >= MIN_FREE_GB:
+            break
+        say(f"disk: {free_gb(root):.1f} GiB free in {root}, the build needs {MIN_FREE_GB:.0f}: removing {what}")
+        subprocess.run(cmd, capture_output=True, timeout=1800)
+    free = free_gb(root)
+    if free < MIN_FREE_GB:
+        raise StepFailed("disk", f"{free:.1f} GiB free in {root} (podman's storage); the build needs {MIN_FREE_GB:.0f} GiB. "
+                         "Free space on that filesystem, or set I2V_IMAGE_TEST_MIN_FREE_GB if you know it needs less")
+    say(f"disk: {free:.1f} GiB free in {root}")
+
+
+# --- 5. build --------------------------------------------------------------------------------------------
+def build(build_args: dict[str, str], log: Path, *, tag: str, target: str | None = None) -> float:
+    cmd = ["podman", "build", "--isolation", "chroot", "--layers", "-f", str(ROOT / "Dockerfile"), "-t", tag]
+    if target:
+        cmd += ["--target", target]
     for k, v in build_args.items():
         cmd += ["--build-arg", f"{k}={v}"]
     cmd.append(str(ROOT))
-    say("podman build --isolation chroot " + " ".join(f"--build-arg {k}={v}" for k, v in build_args.items()))
+    say(f"podman build --isolation chroot{f' --target {target}' if target else ''} -t {tag} "
+        + " ".join(f"--build-arg {k}={v}" for k, v in build_args.items()))
     t0 = time.monotonic()
     step = "(before the first step)"
     lines: list[str] = []
@@ -233,7 +282,7 @@ def build(build_args: dict[str, str], log: Path) -> float:
     return time.monotonic() - t0
 
 
-# --- 5. smoke ------------------------------------------------------------------------------------------
+# --- 6. smoke ------------------------------------------------------------------------------------------
 def image_config() -> dict:
     out = sh("inspect", ["podman", "image", "inspect", IMAGE])
     return json.loads(out)[0]
@@ -336,7 +385,7 @@ def check_mp4(data: bytes, job_input: dict) -> None:
     say(f"smoke: playable MP4, {len(frames)} frames {width}x{height} h264, {len(data)} bytes")
 
 
-# --- 6. size ---------------------------------------------------------------------------------------------
+# --- 7. size ---------------------------------------------------------------------------------------------
 def image_size() -> dict[str, int]:
     """Unpacked size (podman's) and the compressed size of its layers as `podman push` makes them
     (gzip, the registry default); the compressed figure is cached per image id."""
@@ -365,13 +414,14 @@ def image_id_of(ref: str) -> str | None:
     return r.stdout.strip() or None if r.returncode == 0 else None
 
 
-def drop_superseded(old_id: str | None) -> None:
-    """Remove the image the tag pointed to before this build (about 7 GB each): without it every
-    run on the same machine leaves one more behind. Its layers shared with the new image stay."""
-    if old_id and old_id != image_id_of(IMAGE):
-        r = subprocess.run(["podman", "rmi", old_id], capture_output=True, text=True)
-        say(f"removed the superseded image {old_id[:12]}" if r.returncode == 0
-            else f"kept the superseded image {old_id[:12]}: {r.stderr.strip()[:200]}")
+def drop_superseded(before: dict[str, str | None]) -> None:
+    """Remove the images the two tags pointed to before this build (about 7 GB each): without it
+    every run on the same machine leaves more behind. Layers shared with the new images stay."""
+    for ref, old_id in before.items():
+        if old_id and old_id != image_id_of(ref):
+            r = subprocess.run(["podman", "rmi", old_id], capture_output=True, text=True)
+            say(f"removed the superseded {ref} {old_id[:12]}" if r.returncode == 0
+                else f"kept the superseded {ref} {old_id[:12]}: {r.stderr.strip()[:200]}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -390,8 +440,10 @@ def main(argv: list[str] | None = None) -> int:
             with GitDaemon(CACHE / "git") as daemon:
                 build_args["COMFYUI_REPO"] = daemon.url("ComfyUI")
                 build_args["COMFYUI_GGUF_REPO"] = daemon.url("ComfyUI-GGUF")
-                before = image_id_of(IMAGE)
-                build_s = build(build_args, logs / "build.log")
+                make_room()
+                before = {ref: image_id_of(ref) for ref in (IMAGE, BUILDER_IMAGE)}
+                build_s = build(build_args, logs / "build-builder.log", tag=BUILDER_IMAGE, target="builder")
+                build_s += build(build_args, logs / "build.log", tag=IMAGE)
         say(f"build: {build_s:.0f} s")
         drop_superseded(before)
         timings = {} if args.skip_smoke else smoke(logs / "smoke.log")

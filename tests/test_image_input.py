@@ -21,8 +21,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from PIL import Image
 
-from i2v_worker.worker.image import (ImageInputError, address_allowed, decode_base64, decode_image, fetch_image,
-                                     host_allowed)
+from i2v_worker.egress import address_allowed, host_allowed
+from i2v_worker.worker.image import ImageInputError, decode_base64, decode_image, fetch_image
 
 pytestmark = pytest.mark.timeout(60)
 

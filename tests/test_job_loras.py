@@ -200,6 +200,49 @@ def test_private_addresses_are_refused_also_behind_a_redirect(tmp_path, file_ser
     assert published(js) == []
 
 
+def test_a_lora_download_connects_only_to_the_addresses_checked_for_its_host(tmp_path, file_server, loras):
+    """The download (HEAD and ranged GETs) goes to the addresses the egress rule checked for the
+    name, from the same resolver as the probe: the name is never looked up anywhere else (this
+    machine's DNS does not know it, so a download connecting by name would fail)."""
+    url = file_server.add("a.safetensors", loras["a"]).replace("127.0.0.1", "loras.example.test")
+    asked = []
+
+    async def resolver(host, port):
+        asked.append(host)
+        return ["127.0.0.1"]
+
+    js = job_store(tmp_path, resolver=resolver)
+    got = prepare(js, LoraRequest(0, url))
+    assert len(got.loras) == 1 and len(published(js)) == 1
+    assert set(asked) == {"loras.example.test"} and len(asked) >= 3  # two probe reads, then the download's
+
+
+def test_a_dns_answer_that_turns_private_after_the_probe_stops_the_download(tmp_path, file_server, loras):
+    """DNS rebinding: the name resolves to an allowed address for the probe, then to a private one."""
+    url = file_server.add("a.safetensors", loras["a"]).replace("127.0.0.1", "loras.example.test")
+    answers = iter(["127.0.0.1", "127.0.0.1"])  # the probe's two ranged reads
+
+    async def resolver(host, port):
+        return [next(answers, "10.0.0.7")]
+
+    js = job_store(tmp_path, resolver=resolver)
+    err = error_of(js, LoraRequest(0, url))
+    assert err.rule == "blocked_address" and err.field == "loras[0].source" and "10.0.0.7" in str(err), err
+    assert published(js) == [] and file_server.bytes_sent < loras["a"].stat().st_size
+
+
+@pytest.mark.parametrize("honest", [2, 3], ids=["redirected-from-the-head", "redirected-from-the-ranges"])
+def test_a_redirect_the_probe_did_not_see_is_refused_by_the_download(tmp_path, file_server, loras, honest):
+    """A server that answers the probe honestly and then sends the download to the cloud metadata
+    address: every hop of the download is checked (the HEAD's through httpx, the ranges' through
+    the transfer engine's own connections), so nothing is fetched from there and nothing published."""
+    url = file_server.add("a.safetensors", loras["a"])
+    file_server.redirect_after("a.safetensors", honest, "http://169.254.169.254/latest/meta-data/x.safetensors")
+    js = job_store(tmp_path)
+    err = error_of(js, LoraRequest(0, url))
+    assert err.rule == "blocked_address" and "169.254.169.254" in str(err), err
+    assert err.code == "invalid_input" and published(js) == []
+
 def test_offline_uses_present_loras_and_names_the_missing_one(tmp_path, file_server, loras):
     url = file_server.add("a.safetensors", loras["a"])
     prepare(job_store(tmp_path), LoraRequest(0, url)).release()

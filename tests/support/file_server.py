@@ -1,8 +1,10 @@
 """A plain static file server on 127.0.0.1 with Range support and redirects (a real HTTP server).
 
 `FileServer(dir)` serves `GET/HEAD /<name>` (206 for `Range: bytes=a-b`), `/redirect?to=<url>`
-answers 302 to any URL (for the redirect re-check tests), and records every request (method, path,
-Range) so tests can assert that a job did no network at all. Fixture: `file_server`.
+answers 302 to any URL (for the redirect re-check tests), `redirect_after(name, n, url)` makes a
+file answer its first n requests and redirect every later one (a server that shows a checker one
+thing and the download another), and it records every request (method, path, Range) so tests can
+assert that a job did no network at all. Fixture: `file_server`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class FileServer:
         self.requests: list[Request] = []
         self.bytes_sent = 0
         self._lock = threading.Lock()
+        self._redirects: dict[str, tuple[int, str]] = {}  # path -> (requests served first, then redirect to)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -53,9 +56,12 @@ class FileServer:
                 rng = self.headers.get("Range")
                 with server._lock:
                     server.requests.append(Request(self.command, parts.path, rng))
-                if parts.path == "/redirect":
+                    seen = sum(1 for r in server.requests if r.path == parts.path)
+                    later = server._redirects.get(parts.path)
+                to = later[1] if later and seen > later[0] else None
+                if parts.path == "/redirect" or to:
                     self.send_response(302)
-                    self.send_header("Location", parse_qs(parts.query)["to"][0])
+                    self.send_header("Location", to or parse_qs(parts.query)["to"][0])
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
@@ -101,6 +107,10 @@ class FileServer:
         target = self.root / name
         target.write_bytes(data if isinstance(data, bytes) else Path(data).read_bytes())
         return f"{self.url}/{name}"
+
+    def redirect_after(self, name: str, n: int, to: str) -> None:
+        with self._lock:
+            self._redirects[f"/{name}"] = (n, to)
 
     def reset_log(self) -> None:
         with self._lock:

@@ -45,6 +45,18 @@ class IntegrityError(DownloadError):
         super().__init__(message, **kw)
 
 
+class EgressRefused(DownloadError):
+    """A job-named URL (or one of its redirects) leads where the egress rule forbids
+    (i2v_worker/egress.py): `rule` is blocked_address, host_not_allowed, unresolvable or scheme.
+    Never retried; nothing was downloaded from it."""
+
+    def __init__(self, rule: str, message: str, **kw):
+        kw.setdefault("permanent", True)
+        kw.setdefault("hint", "only public internet hosts (and the allow-list's, when one is set) are fetched")
+        super().__init__(message, **kw)
+        self.rule = rule
+
+
 class SourceChangedError(DownloadError):
     """The file changed upstream during the download (its ETag / Last-Modified / sha256 differ from
     the ones the download started with): nothing mixed is published; the next attempt starts over."""

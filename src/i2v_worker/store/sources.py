@@ -24,6 +24,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
 import httpx
 
+from i2v_worker.egress import EgressPolicy
 from i2v_worker.logs import log
 from i2v_worker.store.clock import Cancel, Clock, SystemClock
 from i2v_worker.store.errors import DownloadError, OfflineError, TransferCancelled
@@ -125,6 +126,8 @@ class ResolvedSource:
     # the transfer URL's own validator when resolution saw it (http(s) HEAD on the final URL);
     # None for hf:// (the hub's X-Linked-Etag is not the CDN's ETag): learnt from the first range
     validator: Validator | None = None
+    # job-named URLs (the resolver's egress policy): every connection of the download obeys it
+    egress: EgressPolicy | None = None
 
     @property
     def is_local(self) -> bool:
@@ -283,10 +286,20 @@ class SourceResolver:
 
     def __init__(self, hub: HubConfig, client: httpx.Client | None = None, *,
                  s3_client_factory: Callable[[], Any] | None = None, presign_expiry_s: int = 3600,
-                 retry: RetryPolicy | None = None, clock: Clock | None = None) -> None:
+                 retry: RetryPolicy | None = None, clock: Clock | None = None,
+                 egress: EgressPolicy | None = None) -> None:
         self.hub = hub
         self._client = client if client is not None else httpx.Client(
             timeout=httpx.Timeout(30.0, connect=10.0), headers={"User-Agent": USER_AGENT})
+        # http(s):// sources are job-named URLs when an egress policy is given (the job-LoRA store):
+        # their HEAD goes through a client that connects to checked addresses only, no proxy
+        self.egress = egress
+        self._egress_client: httpx.Client | None = None
+        if egress is not None:
+            from i2v_worker.store.transfer.http import EgressHTTPXTransport
+
+            self._egress_client = httpx.Client(transport=EgressHTTPXTransport(egress), trust_env=False,
+                                               timeout=self._client.timeout, headers={"User-Agent": USER_AGENT})
         self._s3_client_factory = s3_client_factory
         self._s3_client: Any = None
         self.presign_expiry_s = presign_expiry_s
@@ -416,10 +429,11 @@ class SourceResolver:
         headers = {"Accept-Encoding": "identity"}
         try:
             # httpx drops Authorization itself on a redirect to another origin
-            r = self._client.head(url, headers={**headers, **auth}, follow_redirects=True)
+            client = self._egress_client or self._client
+            r = client.head(url, headers={**headers, **auth}, follow_redirects=True)
             if r.status_code in (405, 501):  # HEAD not allowed: ask for one byte instead
-                with self._client.stream("GET", url, headers={**headers, **auth, "Range": "bytes=0-0"},
-                                         follow_redirects=True) as r:
+                with client.stream("GET", url, headers={**headers, **auth, "Range": "bytes=0-0"},
+                                   follow_redirects=True) as r:
                     r.close()
         except httpx.TransportError as exc:
             if classify_exception(exc) is Failure.PERMANENT:
@@ -462,7 +476,7 @@ class SourceResolver:
         if auth and _same_origin(final, url):
             out_headers.update(auth)  # every range request of this download carries them
         return ResolvedSource(url=final, size=size, sha256=sha, etag=etag, commit=commit,
-                              headers=out_headers, display_url=display, validator=validator)
+                              headers=out_headers, display_url=display, validator=validator, egress=self.egress)
 
     # -- s3:// -----------------------------------------------------------------------------------------
     def _resolve_s3(self, src: SourceURI, model: str | None) -> ResolvedSource:

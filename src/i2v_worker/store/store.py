@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import httpx
 
     from i2v_worker.config import Settings
+    from i2v_worker.egress import EgressPolicy
     from i2v_worker.store.adopt import Adopter
     from i2v_worker.store.sources import HubConfig
     from i2v_worker.store.transfer import TransferConfig
@@ -81,6 +82,7 @@ class ModelStore:
         lease_stale_s: float = 30.0,
         lease_heartbeat_s: float = 5.0,
         adopter: "Adopter | None" = None,
+        egress: "EgressPolicy | None" = None,
     ) -> None:
         self.root = Path(root)
         self.manifest = manifest
@@ -99,6 +101,9 @@ class ModelStore:
         self._engine_lock = threading.Lock()
         self._engine: tuple[Any, Any] | None = None  # (resolver, downloader), built on first download
         self.adopter = adopter  # store/adopt/: copies the machine already has (None: never adopt)
+        # http(s):// sources are job-named URLs under this policy (the job-LoRA store); None: the
+        # manifest's own sources, which are configuration and may be private
+        self.egress = egress
 
     # --- construction ------------------------------------------------------------------------------
     @classmethod
@@ -128,7 +133,7 @@ class ModelStore:
                 from i2v_worker.store.transfer import ConnectionBudget, Downloader
 
                 resolver = SourceResolver(self.hub, client=self._client, s3_client_factory=self._s3_client_factory,
-                                          retry=self.transfer.retry, clock=self.clock)
+                                          retry=self.transfer.retry, clock=self.clock, egress=self.egress)
                 budget = ConnectionBudget(self.transfer.max_connections)
                 downloader = Downloader(self.transfer, budget=budget, clock=self.clock)
                 self._engine = (resolver, downloader)

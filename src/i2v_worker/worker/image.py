@@ -16,7 +16,6 @@ import asyncio
 import base64
 import binascii
 import io
-import ipaddress
 import math
 import socket
 import warnings
@@ -26,6 +25,7 @@ from typing import Awaitable, Callable
 import httpx
 
 from i2v_worker import __version__
+from i2v_worker.egress import EgressDenied, check_target, checked, literal_address, unresolvable
 
 MAX_REDIRECTS = 5
 MAX_PIXELS = 40_000_000  # decoded-pixel cap (a 8K x 5K photo fits; a decompression bomb does not)
@@ -178,39 +178,6 @@ async def system_resolver(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(info[4][0] for info in infos))
 
 
-def address_allowed(addr: str, allow_loopback: bool = False) -> bool:
-    """True for globally routable unicast addresses (and loopback when the test setting allows it)."""
-    ip = ipaddress.ip_address(addr.split("%", 1)[0])  # drop an IPv6 zone id
-    if isinstance(ip, ipaddress.IPv6Address):
-        embedded = ip.ipv4_mapped or ip.sixtofour
-        if embedded is None and ip in ipaddress.ip_network("64:ff9b::/96"):  # NAT64 well-known prefix
-            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-        if embedded is None and ip in ipaddress.ip_network("::/96") and int(ip) > 1:  # IPv4-compatible (deprecated)
-            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-        if embedded is not None:
-            return address_allowed(str(embedded), allow_loopback)
-    if ip.is_loopback:
-        return allow_loopback
-    return bool(ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified
-                                        or ip.is_link_local or ip.is_private))
-
-
-def host_allowed(host: str, allowlist: tuple[str, ...]) -> bool:
-    """Exact host names, or `*.example.com` / `.example.com` entries for subdomains."""
-    if not allowlist:
-        return True
-    host = host.lower().rstrip(".")
-    for entry in allowlist:
-        entry = entry.lower().rstrip(".")
-        if entry.startswith(("*.", ".")):
-            suffix = entry.lstrip("*")
-            if host.endswith(suffix) or host == suffix[1:]:
-                return True
-        elif host == entry:
-            return True
-    return False
-
-
 async def fetch_image(
     url: str,
     *,
@@ -246,18 +213,19 @@ async def fetch_image(
 
 async def checked_addresses(url: httpx.URL, field: str, allowlist: tuple[str, ...], allow_loopback: bool,
                             resolve: Resolver, *, setting: str = "") -> list[str]:
-    """The rules every hop obeys: http(s) only, a host on the allow-list (when one is set), and every
-    address it resolves to public (loopback only with the test setting) -> the checked addresses."""
-    if url.scheme not in ("http", "https"):
-        raise ImageInputError(field, "scheme", f"only http and https URLs are fetched (got {url.scheme!r} in {url})")
+    """One hop under the egress rule (i2v_worker/egress.py) -> the checked addresses to connect to."""
     host = url.host
-    if not host:
-        raise ImageInputError(field, "scheme", f"URL has no host: {url}")
-    if not host_allowed(host, allowlist):
-        named = f"{setting}=" if setting else ""
-        raise ImageInputError(field, "host_not_allowed", f"host {host!r} is not in the allow-list ({named}{','.join(allowlist)})")
-    port = url.port or (443 if url.scheme == "https" else 80)
-    return await _resolve_checked(host, port, field, allow_loopback, resolve)
+    try:
+        check_target(str(url), url.scheme, host, allowlist, setting)
+        addrs = literal_address(host)
+        if addrs is None:
+            try:
+                addrs = await resolve(host, url.port or (443 if url.scheme == "https" else 80))
+            except (OSError, UnicodeError) as exc:
+                raise unresolvable(host, exc) from None
+        return checked(host, addrs, allow_loopback)
+    except EgressDenied as exc:
+        raise ImageInputError(field, exc.rule, exc.message) from None
 
 
 async def _fetch_hop(client: httpx.AsyncClient, url: httpx.URL, field: str, max_bytes: int,
@@ -293,25 +261,6 @@ async def _get(client: httpx.AsyncClient, url: httpx.URL, addr: str, field: str,
                 raise ImageInputError(field, "too_large", f"image at {url} is over the limit of {max_bytes} "
                                       "bytes (I2V_IMAGE_MAX_BYTES)")
         return bytes(buf)
-
-
-async def _resolve_checked(host: str, port: int, field: str, allow_loopback: bool, resolve: Resolver) -> list[str]:
-    try:
-        ipaddress.ip_address(host)
-        addrs = [host]
-    except ValueError:
-        try:
-            addrs = await resolve(host, port)
-        except (OSError, UnicodeError) as exc:
-            raise ImageInputError(field, "unresolvable", f"host {host!r} could not be resolved: {exc}") from None
-    if not addrs:
-        raise ImageInputError(field, "unresolvable", f"host {host!r} resolved to no address")
-    blocked = [a for a in addrs if not address_allowed(a, allow_loopback)]
-    if blocked:  # every address must be public: a mixed answer is how rebinding attacks start
-        raise ImageInputError(field, "blocked_address",
-                              f"host {host!r} resolves to a non-public address ({', '.join(blocked)}); "
-                              "only public internet hosts are fetched")
-    return addrs
 
 
 def _pinned_request(url: httpx.URL, addr: str) -> dict:

@@ -33,11 +33,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from i2v_worker.egress import EgressPolicy, system_resolve
 from i2v_worker.engines.base import ModelRole
 from i2v_worker.error_codes import ErrorCode
 from i2v_worker.logs import log
 from i2v_worker.store import disk
-from i2v_worker.store.errors import DownloadError, IntegrityError, OfflineError, StoreError
+from i2v_worker.store.errors import DownloadError, EgressRefused, IntegrityError, OfflineError, StoreError
 from i2v_worker.store.job_loras import header as hdr
 from i2v_worker.store.job_loras.meta import Meta, source_key
 from i2v_worker.store.manifest import Manifest, ModelEntry
@@ -179,8 +180,10 @@ class JobLoraStore:
         self._reserved: dict[str, int] = {}
         # The ModelStore that delivers the files: same transfer engine, hub and lease settings as
         # the worker's; its manifest is the set of job-LoRA entries seen so far (grows per job).
+        # https:// LoRAs are job input: every connection of their download, redirects included, obeys
+        # the image rules (egress.py) and goes to the checked address, as the probe's did.
         self.files = ModelStore(self.root, self._manifest(), hub=store.hub, transfer=store.transfer,
-                                lease_wait_s=store.lease_wait_s)
+                                lease_wait_s=store.lease_wait_s, egress=self._egress_policy())
 
     @classmethod
     def from_settings(cls, settings: Any, store: Any, **kw: Any) -> "JobLoraStore":
@@ -189,6 +192,15 @@ class JobLoraStore:
         return cls(store, budget_bytes=int(settings.lora_budget_gb * 1e9), max_bytes=settings.lora_max_bytes,
                    allowlist=settings.lora_host_allowlist, allow_loopback=settings.allow_loopback_images,
                    fetch_timeout_s=settings.image_fetch_timeout_s, **kw)
+
+    def _egress_policy(self) -> EgressPolicy:
+        resolve = system_resolve
+        if self._resolver is not None:  # the injected async resolver, called from transfer threads
+            async_resolve = self._resolver
+
+            def resolve(host: str, port: int) -> list[str]:
+                return asyncio.run(async_resolve(host, port))
+        return EgressPolicy(self.allowlist, self.allow_loopback, "I2V_LORA_HOSTS", resolve)
 
     # -- entries -------------------------------------------------------------------------------------
     def _manifest(self) -> Manifest:
@@ -485,6 +497,9 @@ class JobLoraStore:
         else:
             (req, canon), _p = items[0]
         text = str(exc).replace(f"{exc.model}: ", "") if exc.model else str(exc)
+        if isinstance(exc, EgressRefused):  # a redirect or a DNS answer that changed since the probe
+            return JobLoraError(f"{req.field}.source: downloading {_short(canon)}: {text}", field=f"{req.field}.source",
+                                rule=exc.rule)
         if isinstance(exc, IntegrityError) and req.sha256:
             return JobLoraError(f"{req.field}.sha256: {_short(canon)}: {text}", field=f"{req.field}.sha256",
                                 rule="sha256_mismatch", hint="check the sha256 given for this LoRA")

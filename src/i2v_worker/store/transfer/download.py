@@ -104,6 +104,10 @@ class Downloader:
                                              hint="start the download again") from None
 
     # ---- http ----------------------------------------------------------------------------------------
+    def _transport_for(self, source: ResolvedSource) -> Transport:
+        """The transport, or for a job-named URL the same one under the source's egress policy."""
+        return self.transport if source.egress is None else self.transport.with_egress(source.egress)
+
     def _download_http(self, source: ResolvedSource, part: Path, size: int | None, sha: str | None,
                        model: str | None, reresolve: Callable[[], ResolvedSource] | None,
                        progress: Progress | None, cancel: Cancel | None) -> Transferred:
@@ -114,7 +118,8 @@ class Downloader:
         # other writers see); bytes outside the record are never trusted, whatever they are
         fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            dl = FileDownload(config=self.config, clock=self.clock, transport=self.transport, budget=self.budget,
+            dl = FileDownload(config=self.config, clock=self.clock, transport=self._transport_for(source),
+                              budget=self.budget,
                               renew_lock=self._renew_lock, source=source, part=part, fd=fd, size=size or 0,
                               expected_sha=sha, model=model, reresolve=reresolve, cancel=cancel,
                               scheduler=None, validator=validator)

@@ -20,7 +20,8 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from i2v_worker.store.errors import DownloadError
+from i2v_worker.egress import EgressDenied, EgressPolicy
+from i2v_worker.store.errors import DownloadError, EgressRefused
 from i2v_worker.store.sources import redact_url
 
 USER_AGENT = "i2v-worker"
@@ -39,13 +40,21 @@ def make_ssl_context() -> Any:
 
 
 class Transport:
-    """Opens HTTP/1.1 connections with the engine's timeouts (the replaceable seam)."""
+    """Opens HTTP/1.1 connections with the engine's timeouts (the replaceable seam). With an egress
+    policy (job-named URLs) every connection, redirects included, goes only to addresses the policy
+    checked for that host, while Host, SNI and the certificate check keep the name."""
 
-    def __init__(self, *, connect_timeout_s: float, read_timeout_s: float, ssl_context: Any = None) -> None:
+    def __init__(self, *, connect_timeout_s: float, read_timeout_s: float, ssl_context: Any = None,
+                 egress: EgressPolicy | None = None) -> None:
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
+        self.egress = egress
         self._ssl = ssl_context
         self._ssl_lock = threading.Lock()
+
+    def with_egress(self, egress: EgressPolicy) -> "Transport":
+        return Transport(connect_timeout_s=self.connect_timeout_s, read_timeout_s=self.read_timeout_s,
+                         ssl_context=self.ssl_context(), egress=egress)
 
     def ssl_context(self) -> Any:
         with self._ssl_lock:
@@ -59,10 +68,64 @@ class Transport:
                 host, port, timeout=self.connect_timeout_s, context=self.ssl_context())
         else:
             conn = http.client.HTTPConnection(host, port, timeout=self.connect_timeout_s)
+        if self.egress is not None:
+            conn._create_connection = _to_addresses(egress_addresses(self.egress, scheme, host, port))  # type: ignore[attr-defined]
         conn.connect()
         assert conn.sock is not None
         conn.sock.settimeout(self.read_timeout_s)
         return conn
+
+
+def egress_addresses(egress: EgressPolicy, scheme: str, host: str, port: int) -> list[str]:
+    try:
+        return egress.addresses(scheme, host, port)
+    except EgressDenied as exc:
+        raise EgressRefused(exc.rule, f"refused to connect to {host}: {exc.message}") from None
+
+
+def _to_addresses(addresses: list[str]) -> Callable[..., socket.socket]:
+    """http.client's connection hook, connecting to the checked addresses in turn instead of
+    resolving the name again (which a DNS-rebinding server could answer differently)."""
+
+    def create_connection(address: tuple[str, int], timeout: Any = None, source_address: Any = None) -> socket.socket:
+        last: OSError | None = None
+        for addr in addresses:
+            try:
+                return socket.create_connection((addr, address[1]), timeout, source_address)
+            except OSError as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+    return create_connection
+
+
+class EgressHTTPXTransport(httpx.BaseTransport):
+    """The same rule for the httpx requests of resolution (HEAD, redirects followed by the client):
+    each hop is checked and sent to a checked address (Host header and SNI keep the name)."""
+
+    def __init__(self, egress: EgressPolicy, inner: httpx.BaseTransport | None = None) -> None:
+        self.egress = egress
+        self.inner = inner or httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        addrs = egress_addresses(self.egress, url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+        extensions = dict(request.extensions)
+        if url.scheme == "https":
+            extensions["sni_hostname"] = url.raw_host.decode("ascii")
+        for i, addr in enumerate(addrs):
+            pinned = httpx.Request(request.method, url.copy_with(host=addr), headers=request.headers,
+                                   stream=request.stream, extensions=extensions)
+            try:
+                return self.inner.handle_request(pinned)
+            except httpx.ConnectError:
+                if i == len(addrs) - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 class SocketSet:
