@@ -6,6 +6,9 @@
 #
 #   docker build -t i2v-worker .
 #
+# Stages: `builder` (apt, torch, ComfyUI and every dependency), `worker` (the worker's wheel on top),
+# `runtime` (the image: the builder's venv and ComfyUI, then the worker's folder as the last layer).
+#
 # Pins (change them together; tests/test_deploy_files.py keeps every stated CUDA version in step):
 # - BASE_IMAGE: CUDA 13.0, the `base` flavour (CUDA runtime + driver hooks only, about 80 MB
 #   compressed). torch's wheels bring their own CUDA 13 libraries as pip packages, so the
@@ -80,10 +83,14 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 # Byte-compile ComfyUI now so a cold worker does not pay for it on every start.
 RUN python -m compileall -q -j 0 /opt/ComfyUI
 
-# The worker itself, as a wheel built here from the build context (.dockerignore keeps tests, .venv,
-# generated models and outputs out of it), installed without dependencies into its own folder
-# (/opt/i2v-worker/lib, on the venv's path through i2v-worker.pth): a new worker version is one
-# small layer. pip check then sees the whole environment, the worker included.
+# ---------------------------------------------------------------------------------------------------
+# The worker itself, in a stage of its own: the runtime copies the venv from `builder`, which a change
+# of the worker's code does not touch, so that multi-GB copy stays cached and a code-only rebuild is
+# a wheel and one small layer. The wheel is built from the build context (.dockerignore keeps tests,
+# .venv, generated models and outputs out of it) and installed without dependencies into its own
+# folder (/opt/i2v-worker/lib, on the venv's path through i2v-worker.pth); pip check then sees the
+# whole environment, the worker included.
+FROM builder AS worker
 COPY README.md /build/src/
 COPY src /build/src/src
 RUN --mount=type=cache,target=/root/.cache/pip \
@@ -137,7 +144,7 @@ WORKDIR /opt/i2v-worker
 # The RunPod Hub's entry file, the same `serve` (`python handler.py` == `i2v-worker serve`).
 COPY handler.py /opt/i2v-worker/handler.py
 # Last: the layers above stay cached when only the worker's code changed.
-COPY --from=builder /opt/i2v-worker/lib /opt/i2v-worker/lib
+COPY --from=worker /opt/i2v-worker/lib /opt/i2v-worker/lib
 # `i2v-worker serve` starts ComfyUI, prefetches the preset's models and runs the RunPod handler.
 # Arguments given to the container are passed on (e.g. --rp_serve_api --rp_api_host 0.0.0.0).
 ENTRYPOINT ["i2v-worker", "serve"]
