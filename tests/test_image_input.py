@@ -385,41 +385,17 @@ def test_fit_centre_crops_to_the_target_aspect():
     assert fit_to(img, (300, 100)) is img  # the video's size already: untouched
 
 
-def _self_signed(tmp_path, hostname: str):
-    """A self-signed certificate for `hostname` (cert file, key file)."""
-    import datetime
-
-    pytest.importorskip("cryptography")  # installed with moto[server]
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_file, key_file
-
-
-async def test_https_to_the_pinned_address_still_verifies_the_certificate_for_the_host(tmp_path):
+async def test_https_to_the_pinned_address_still_verifies_the_certificate_for_the_host():
     """Connecting to the checked IP keeps TLS honest: SNI and verification use the host name."""
     import ssl
 
     import httpx
 
-    cert, key = _self_signed(tmp_path, "images.test")
+    import trustme
+
+    ca = trustme.CA()  # a test CA, and a certificate for one name only
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(cert, key)
+    ca.issue_cert("images.test").configure_cert(server_ctx)
     _Handler.seen_hosts = []
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     srv.daemon_threads = True
@@ -431,7 +407,8 @@ async def test_https_to_the_pinned_address_still_verifies_the_certificate_for_th
         return ["127.0.0.1"]
 
     try:
-        trusting = ssl.create_default_context(cafile=str(cert))
+        trusting = ssl.create_default_context()
+        ca.configure_trust(trusting)
         data = await fetch(f"https://images.test:{port}/img.png", resolver=resolver, allow_loopback=True,
                            transport=httpx.AsyncHTTPTransport(verify=trusting))
         assert data.startswith(b"\x89PNG") and _Handler.seen_hosts == [f"images.test:{port}"]

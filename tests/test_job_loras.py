@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from i2v_worker.engines.base import ModelRole
 from i2v_worker.store.errors import OfflineError
 from i2v_worker.store.job_loras import JobLoraError, JobLoraStore, LoraRequest
 from i2v_worker.store.manifest import Manifest
@@ -242,6 +243,55 @@ def test_a_redirect_the_probe_did_not_see_is_refused_by_the_download(tmp_path, f
     err = error_of(js, LoraRequest(0, url))
     assert err.rule == "blocked_address" and "169.254.169.254" in str(err), err
     assert err.code == "invalid_input" and published(js) == []
+
+
+def test_an_https_download_under_the_egress_rule_keeps_the_hosts_name_for_tls(tmp_path, loras, monkeypatch):
+    """Connecting to the checked address must not change what TLS checks: SNI and the certificate
+    are the URL's host name, for the HEAD (httpx) and for every range (the transfer engine). A real
+    TLS server with a certificate for one name only, from a test CA (trustme)."""
+    import ssl
+
+    import trustme
+
+    from i2v_worker.egress import EgressPolicy
+    from i2v_worker.store.errors import DownloadError
+    from i2v_worker.store.manifest import ModelEntry
+    from i2v_worker.store.types import ModelState
+    from tests.support.file_server import FileServer
+
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("loras.example.test").configure_cert(server_tls)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))  # what httpx's default context trusts
+    srv = FileServer(tmp_path / "served", tls=server_tls)
+    try:
+        served = srv.add("a.safetensors", loras["a"])
+        asked: list[str] = []
+
+        def resolve(host: str, port: int) -> list[str]:
+            asked.append(host)
+            return ["127.0.0.1"]
+
+        egress = EgressPolicy(allow_loopback=True, resolve=resolve)
+
+        def store_of(host: str, root: str):
+            entry = ModelEntry(name="a.safetensors", folder="loras", role=ModelRole.LORA, size=loras["a"].stat().st_size,
+                               source=served.replace("127.0.0.1", host), sha256=sha(loras["a"]))
+            return make_store(tmp_path / root, Manifest(file="t", entries=(entry,), presets={}), egress=egress)
+
+        good = store_of("loras.example.test", "good")
+        good.ensure(["a.safetensors"])
+        assert good.status(["a.safetensors"])[0].state == ModelState.PRESENT
+        assert set(asked) == {"loras.example.test"} and srv.bytes_sent >= loras["a"].stat().st_size
+
+        wrong = store_of("other.example.test", "wrong")  # same address, a name the certificate lacks
+        with pytest.raises(DownloadError, match="certificate|CERTIFICATE") as info:
+            wrong.ensure(["a.safetensors"])
+        assert info.value.permanent  # a refused certificate is never retried
+        assert not (tmp_path / "wrong" / "loras" / "a.safetensors").exists()
+    finally:
+        srv.close()
 
 def test_offline_uses_present_loras_and_names_the_missing_one(tmp_path, file_server, loras):
     url = file_server.add("a.safetensors", loras["a"])

@@ -1,6 +1,6 @@
 """A plain static file server on 127.0.0.1 with Range support and redirects (a real HTTP server).
 
-`FileServer(dir)` serves `GET/HEAD /<name>` (206 for `Range: bytes=a-b`), `/redirect?to=<url>`
+`FileServer(dir, tls=None)` serves (over https with a server-side `ssl.SSLContext`) `GET/HEAD /<name>` (206 for `Range: bytes=a-b`), `/redirect?to=<url>`
 answers 302 to any URL (for the redirect re-check tests), `redirect_after(name, n, url)` makes a
 file answer its first n requests and redirect every later one (a server that shows a checker one
 thing and the download another), and it records every request (method, path, Range) so tests can
@@ -10,6 +10,7 @@ assert that a job did no network at all. Fixture: `file_server`.
 from __future__ import annotations
 
 import re
+import ssl
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,8 +31,9 @@ class Request:
 
 
 class FileServer:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, tls: "ssl.SSLContext | None" = None) -> None:
         self.root = Path(root)
+        self.tls = tls
         self.root.mkdir(parents=True, exist_ok=True)
         self.requests: list[Request] = []
         self.bytes_sent = 0
@@ -95,13 +97,15 @@ class FileServer:
                         pass
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:  # https: the handshake runs on accept, with the context's certificate
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self._httpd.server_address[1]}"
 
     def add(self, name: str, data: bytes | Path) -> str:
         target = self.root / name

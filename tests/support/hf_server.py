@@ -170,7 +170,7 @@ class HFServer:
         # None: the token (when set) is required for every repo; else only for these repos.
         self.gated_repos = gated_repos
         self.cdn_same_origin = cdn_same_origin
-        self.tls = tls  # serve HTTPS with a self-signed certificate for 127.0.0.1 (see ca_file)
+        self.tls = tls  # serve HTTPS with a certificate for 127.0.0.1 from a test CA (ca_file)
         self.ca_file: Path | None = None
         self.faults = Faults()
         self.requests: list[RecordedRequest] = []
@@ -288,7 +288,7 @@ class HFServer:
         return "https" if self.tls else "http"
 
     def client_ssl_context(self):
-        """An SSL context that trusts this server's self-signed certificate (tls=True)."""
+        """An SSL context that trusts this server's test CA (tls=True)."""
         import ssl
 
         assert self.ca_file is not None, "server started without tls=True"
@@ -364,34 +364,16 @@ class HFServer:
         self.close()
 
     def _server_ssl_context(self):
-        """A self-signed certificate for 127.0.0.1 (cryptography comes with moto, a test dependency)."""
-        import datetime
-        import ipaddress
+        """A certificate for 127.0.0.1 from a test CA of its own (trustme); `ca_file` is that CA."""
         import ssl
 
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
+        import trustme
 
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-        now = datetime.datetime.now(datetime.timezone.utc)
-        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(minutes=5))
-                .not_valid_after(now + datetime.timedelta(days=1))
-                .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                               critical=False)
-                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                .sign(key, hashes.SHA256()))
-        self.ca_file = self.root / "hf-server-cert.pem"
-        key_file = self.root / "hf-server-key.pem"
-        self.ca_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
+        ca = trustme.CA()
+        self.ca_file = self.root / "hf-server-ca.pem"
+        ca.cert_pem.write_to_path(str(self.ca_file))
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(str(self.ca_file), str(key_file))
+        ca.issue_cert("127.0.0.1").configure_cert(ctx)
         return ctx
 
     # ---- internals used by the handler ------------------------------------------------------------

@@ -44,19 +44,30 @@ def classify_status(code: int) -> Failure | None:
 def classify_exception(exc: BaseException) -> Failure:
     """A network-level failure: a refused certificate is permanent, everything else (resets,
     timeouts, refused connections, DNS hiccups, malformed responses) is transient."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
+    if _refused_certificate(exc):
         return Failure.PERMANENT
     try:
         import httpx
     except ImportError:  # pragma: no cover
         httpx = None  # type: ignore[assignment]
-    if httpx is not None and isinstance(exc, httpx.ConnectError) and isinstance(exc.__cause__, ssl.SSLCertVerificationError):
-        return Failure.PERMANENT
     if isinstance(exc, (OSError, http.client.HTTPException, TimeoutError)):
         return Failure.TRANSIENT
     if httpx is not None and isinstance(exc, httpx.TransportError):
         return Failure.TRANSIENT
     return Failure.PERMANENT
+
+
+def _refused_certificate(exc: BaseException) -> bool:
+    """The failure is, or was caused by, a refused TLS certificate. httpx wraps it twice
+    (httpx.ConnectError from httpcore.ConnectError from ssl.SSLCertVerificationError)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def describe_exception(exc: BaseException) -> str:
