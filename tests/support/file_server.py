@@ -1,10 +1,11 @@
 """A plain static file server on 127.0.0.1 with Range support and redirects (a real HTTP server).
 
-`FileServer(dir, tls=None)` serves (over https with a server-side `ssl.SSLContext`) `GET/HEAD /<name>` (206 for `Range: bytes=a-b`), `/redirect?to=<url>`
-answers 302 to any URL (for the redirect re-check tests), `redirect_after(name, n, url)` makes a
-file answer its first n requests and redirect every later one (a server that shows a checker one
-thing and the download another), and it records every request (method, path, Range) so tests can
-assert that a job did no network at all. Fixture: `file_server`.
+`FileServer(dir)` serves `GET/HEAD /<name>` (206 for `Range: bytes=a-b`; https with `tls=` a
+server-side `ssl.SSLContext`), `/redirect?to=<url>` answers 302 to any URL (for the redirect
+re-check tests), `redirect_after(name, n, url)` makes a file answer its first n requests and
+redirect every later one (a server that shows a checker one thing and the download another), and it
+records every request (method, path, Range) so tests can assert that a job did no network at all.
+Fixture: `file_server`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class Request:
 
 
 class FileServer:
-    def __init__(self, root: Path, *, tls: "ssl.SSLContext | None" = None) -> None:
+    def __init__(self, root: Path, *, tls: ssl.SSLContext | None = None) -> None:
         self.root = Path(root)
         self.tls = tls
         self.root.mkdir(parents=True, exist_ok=True)
