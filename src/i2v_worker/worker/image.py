@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import binascii
 import io
 import math
 import socket
 import warnings
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 import httpx
 
@@ -191,20 +192,30 @@ async def fetch_image(
 ) -> bytes:
     """GET `url` with SSRF checks on every hop, a byte cap and a total time cap."""
     resolve = resolver or system_resolver
+    async with _session(url, field, timeout_s, transport, setting="I2V_IMAGE_FETCH_TIMEOUT_S") as client:
+        current = httpx.URL(url)
+        for _hop in range(MAX_REDIRECTS + 1):
+            result = await _fetch_hop(client, current, field, max_bytes, allowlist, allow_loopback, resolve)
+            if isinstance(result, bytes):
+                return result
+            current = result
+        raise ImageInputError(field, "too_many_redirects", f"more than {MAX_REDIRECTS} redirects fetching {url}")
+
+
+@contextlib.asynccontextmanager
+async def _session(url: str, field: str, timeout_s: float, transport: httpx.AsyncBaseTransport | None,
+                   setting: str = "") -> AsyncIterator[httpx.AsyncClient]:
+    """One fetch of `url` (all its hops) under a total time cap, with httpx's failures turned into
+    the field's errors. No redirects followed by httpx (each hop is checked), no proxy from the
+    environment (a proxy would connect by name, past the checked address)."""
+    named = f" ({setting})" if setting else ""
     try:
         async with asyncio.timeout(timeout_s):
             async with httpx.AsyncClient(follow_redirects=False, transport=transport, trust_env=False,
                                          timeout=httpx.Timeout(timeout_s)) as client:
-                current = httpx.URL(url)
-                for hop in range(MAX_REDIRECTS + 1):
-                    result = await _fetch_hop(client, current, field, max_bytes, allowlist, allow_loopback, resolve)
-                    if isinstance(result, bytes):
-                        return result
-                    current = result
-                raise ImageInputError(field, "too_many_redirects", f"more than {MAX_REDIRECTS} redirects fetching {url}")
+                yield client
     except (TimeoutError, httpx.TimeoutException):
-        raise ImageInputError(field, "timeout", f"fetching {url} took longer than {timeout_s:g} s "
-                              "(I2V_IMAGE_FETCH_TIMEOUT_S)") from None
+        raise ImageInputError(field, "timeout", f"fetching {url} took longer than {timeout_s:g} s{named}") from None
     except httpx.InvalidURL as exc:
         raise ImageInputError(field, "url", f"{url} is not a valid URL (or redirected to an invalid one): {exc}") from None
     except httpx.HTTPError as exc:
@@ -308,46 +319,37 @@ async def fetch_range(
     address. Used to read a LoRA's size and safetensors header before anything is downloaded."""
     resolve = resolver or system_resolver
     want = end - start + 1
-    try:
-        async with asyncio.timeout(timeout_s):
-            async with httpx.AsyncClient(follow_redirects=False, transport=transport, trust_env=False,
-                                         timeout=httpx.Timeout(timeout_s)) as client:
-                current = httpx.URL(url)
-                for _hop in range(MAX_REDIRECTS + 1):
-                    addrs = await checked_addresses(current, field, allowlist, allow_loopback, resolve)
-                    req = _pinned_request(current, addrs[0])
-                    req["headers"].update({"Accept": "*/*", "Range": f"bytes={start}-{end}"})
-                    async with client.stream("GET", **req) as response:
-                        if response.status_code in REDIRECT_STATUSES:
-                            location = response.headers.get("location")
-                            if not location:
-                                raise ImageInputError(field, "fetch_failed", f"{current} redirected without a Location header")
-                            current = current.join(location)
-                            continue
-                        if response.status_code not in (200, 206):
-                            raise ImageInputError(field, "fetch_failed",
-                                                  f"GET {current} answered HTTP {response.status_code}")
-                        total = None
-                        if response.status_code == 206:
-                            cr = response.headers.get("content-range", "")
-                            tail = cr.rsplit("/", 1)[-1] if "/" in cr else ""
-                            total = int(tail) if tail.isdigit() else None
-                        else:
-                            declared = response.headers.get("content-length")
-                            total = int(declared) if declared and declared.isdigit() else None
-                        buf = bytearray()
-                        skip = start if response.status_code == 200 else 0  # Range ignored: cut ourselves
-                        async for chunk in response.aiter_raw():
-                            buf += chunk
-                            if len(buf) >= skip + want:
-                                break
-                        body = bytes(buf[skip:skip + want])
-                        return ProbedRange(str(current), response.status_code, total,
-                                           {k.lower(): v for k, v in response.headers.items()}, body)
-                raise ImageInputError(field, "too_many_redirects", f"more than {MAX_REDIRECTS} redirects fetching {url}")
-    except (TimeoutError, httpx.TimeoutException):
-        raise ImageInputError(field, "timeout", f"fetching {url} took longer than {timeout_s:g} s") from None
-    except httpx.InvalidURL as exc:
-        raise ImageInputError(field, "url", f"{url} is not a valid URL (or redirected to an invalid one): {exc}") from None
-    except httpx.HTTPError as exc:
-        raise ImageInputError(field, "fetch_failed", f"fetching {url} failed: {type(exc).__name__}: {exc}") from None
+    async with _session(url, field, timeout_s, transport) as client:
+        current = httpx.URL(url)
+        for _hop in range(MAX_REDIRECTS + 1):
+            addrs = await checked_addresses(current, field, allowlist, allow_loopback, resolve)
+            req = _pinned_request(current, addrs[0])
+            req["headers"].update({"Accept": "*/*", "Range": f"bytes={start}-{end}"})
+            async with client.stream("GET", **req) as response:
+                if response.status_code in REDIRECT_STATUSES:
+                    location = response.headers.get("location")
+                    if not location:
+                        raise ImageInputError(field, "fetch_failed", f"{current} redirected without a Location header")
+                    current = current.join(location)
+                    continue
+                if response.status_code not in (200, 206):
+                    raise ImageInputError(field, "fetch_failed",
+                                          f"GET {current} answered HTTP {response.status_code}")
+                total = None
+                if response.status_code == 206:
+                    cr = response.headers.get("content-range", "")
+                    tail = cr.rsplit("/", 1)[-1] if "/" in cr else ""
+                    total = int(tail) if tail.isdigit() else None
+                else:
+                    declared = response.headers.get("content-length")
+                    total = int(declared) if declared and declared.isdigit() else None
+                buf = bytearray()
+                skip = start if response.status_code == 200 else 0  # Range ignored: cut ourselves
+                async for chunk in response.aiter_raw():
+                    buf += chunk
+                    if len(buf) >= skip + want:
+                        break
+                body = bytes(buf[skip:skip + want])
+                return ProbedRange(str(current), response.status_code, total,
+                                   {k.lower(): v for k, v in response.headers.items()}, body)
+        raise ImageInputError(field, "too_many_redirects", f"more than {MAX_REDIRECTS} redirects fetching {url}")
