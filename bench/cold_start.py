@@ -46,14 +46,10 @@ from __future__ import annotations
 
 import argparse
 import base64
-import grp
 import hashlib
-import http.client
 import json
 import os
 import shutil
-import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -61,6 +57,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from common import NginxProcess, SetupError, nginx_user_line  # (bench/ is sys.path[0])
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
@@ -148,8 +146,12 @@ def make_standins(work: Path, scale: float) -> dict[str, dict]:
     return out
 
 
-def write_manifest(path: Path, files: dict[str, dict]) -> None:
-    lines = ['[presets.bench]', 'description = "cold-start stand-ins"', ""]
+def write_manifest(path: Path, files: dict[str, dict], rife: Path) -> None:
+    """The bench preset: the five stand-ins from nginx, and (since a preset names a model for every
+    role) the tiny RIFE file, which only an `interpolate` job fetches: no job here does."""
+    lines = ['[presets.bench]', 'description = "cold-start stand-ins"', "",
+             '[models."tiny_rife_ifnet_v426_heavy.pth"]', 'folder = "vfi"', 'role = "interpolation"',
+             f'source = "file://{rife}"', 'presets = ["bench"]', ""]
     for name, f in files.items():
         lines += [f'[models."{name}"]', f'folder = "{f["folder"]}"', f'role = "{f["role"]}"',
                   f'source = "hf://{REPO}@main/{f["path"]}"', 'presets = ["bench"]']
@@ -192,25 +194,14 @@ def one_hash_pass(files: dict[str, dict]) -> float:
 # nginx
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Nginx(NginxProcess):
+    """The five stand-ins behind HF-style resolve redirects, rate-limited per connection, with an
+    access log (what the network served, per scenario)."""
 
-
-class Nginx:
     def __init__(self, binary: str, tmp: Path, data: Path, files: dict[str, dict], rate: str, commit: str) -> None:
-        self.binary, self.tmp, self.port = binary, tmp, free_port()
+        super().__init__(binary, tmp)
         self.access_log = tmp / "access.log"
-        self.proc: subprocess.Popen | None = None
-        user = ""
-        if os.geteuid() == 0:  # workers drop to nobody, who must read DATA
-            group = "nogroup"
-            try:
-                grp.getgrnam(group)
-            except KeyError:
-                group = "nobody"
-            user = f"user nobody {group};"
+        user = nginx_user_line()
         locations = []
         for name, f in files.items():
             locations.append(f"""
@@ -221,7 +212,6 @@ class Nginx:
             add_header ETag '"{f["sha256"]}"' always;
             return 302 http://127.0.0.1:{self.port}/files/{name};
         }}""")
-        self.conf = tmp / "nginx.conf"
         self.conf.write_text(f"""daemon off;
 master_process on;
 worker_processes 2;
@@ -254,30 +244,6 @@ http {{
 }}
 """)
 
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        argv = [self.binary, "-p", str(self.tmp), "-c", str(self.conf), "-e", str(self.tmp / "error.log")]
-        check = subprocess.run([*argv, "-t", "-q"], capture_output=True, text=True)
-        if check.returncode:
-            raise SetupError(f"nginx rejected {self.conf}:\n{check.stderr}")
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SetupError(f"nginx exited at start: {(self.tmp / 'error.log').read_text()[-2000:]}")
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                c.request("GET", "/")
-                c.getresponse().read()
-                c.close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise SetupError("nginx did not answer within 15 s")
-
     def log_offset(self) -> int:
         try:
             return self.access_log.stat().st_size
@@ -296,19 +262,6 @@ http {{
         except FileNotFoundError:
             pass
         return out
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-
-
-class SetupError(Exception):
-    pass
-
 
 # ------------------------------------------------------------------------------------------------
 # one worker boot (the child process)
@@ -491,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         (work / "data").chmod(0o755)
         commit = hashlib.sha1(b"".join(f["sha256"].encode() for f in files.values())).hexdigest()
         manifest = work / "manifest.toml"
-        write_manifest(manifest, files)
+        write_manifest(manifest, files, work / "tiny" / "tiny_rife_ifnet_v426_heavy.pth")
         job = json.loads((REPO_ROOT / "examples" / "job.json").read_text())
         job["input"].update(length=5, steps=2)  # both experts, one step each: the engine's share stays small
         (work / "job.json").write_text(json.dumps(job))

@@ -22,15 +22,12 @@ failed or a tool failed, 2 the benchmark could not be set up.
 from __future__ import annotations
 
 import argparse
-import grp
 import hashlib
-import http.client
 import os
 import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +37,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common import NginxProcess, nginx_user_line, sha256_file  # noqa: E402  (bench/ is sys.path[0])
 from rich.console import Console
 from rich.table import Table
 
@@ -159,25 +157,12 @@ def make_source(path: Path, size: int) -> str:
     return h.hexdigest()
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Nginx(NginxProcess):
+    """One file behind an HF-style resolve redirect (nginx.conf.template), rate-limited per connection."""
 
-
-class Nginx:
     def __init__(self, nginx: str, tmp: Path, data: Path, sha256: str, size: int, rate: str):
-        self.nginx, self.tmp = nginx, tmp
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-        user_line = ""
-        if os.geteuid() == 0:  # root master: workers drop to nobody, which must read DATA
-            group = "nogroup"
-            try:
-                grp.getgrnam(group)
-            except KeyError:
-                group = "nobody"
-            user_line = f"user nobody {group};"
+        super().__init__(nginx, tmp)
+        self.probe, self.ready_status = ("HEAD", f"/bench/fast/resolve/main/{FILE_NAME}"), 302
         values = {
             "WORKERS": str(max(1, min(4, os.cpu_count() or 1))),
             "TMP": str(tmp),
@@ -187,56 +172,12 @@ class Nginx:
             "SHA256": sha256,
             "SIZE": str(size),
             "COMMIT": hashlib.sha1(sha256.encode()).hexdigest(),
-            "USER_LINE": user_line,
+            "USER_LINE": nginx_user_line(),
         }
         text = (HERE / "nginx.conf.template").read_text()
         for k, v in values.items():
             text = text.replace("{{" + k + "}}", v)
-        self.conf = tmp / "nginx.conf"
         self.conf.write_text(text)
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        argv = [self.nginx, "-p", str(self.tmp), "-c", str(self.conf), "-e", str(self.tmp / "error.log")]
-        check = subprocess.run([*argv, "-t", "-q"], capture_output=True, text=True)
-        if check.returncode:
-            raise SystemExit(f"nginx rejected the generated config {self.conf}:\n{check.stderr}")
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"nginx exited at start (rc {self.proc.returncode}):\n{self.error_log()}")
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                c.request("HEAD", f"/bench/fast/resolve/main/{FILE_NAME}")
-                r = c.getresponse()
-                c.close()
-                if r.status == 302:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise SystemExit(f"nginx did not answer on 127.0.0.1:{self.port} within 15 s:\n{self.error_log()}")
-
-    def error_log(self) -> str:
-        try:
-            return (self.tmp / "error.log").read_text()[-2000:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()  # fast shutdown: the master stops its workers
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,14 +239,6 @@ def warm_up(path: Path) -> None:
         buf = bytearray(CHUNK)
         while f.readinto(buf):
             pass
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
 
 
 def tail(path: Path, n: int = 6) -> str:

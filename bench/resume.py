@@ -39,16 +39,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
 from i2v_worker.store.transfer import read_sidecar  # noqa: E402
+from common import parse_rate, sha256_file  # noqa: E402  (bench/ is sys.path[0])
 from tests.support.hf_server import HFServer  # noqa: E402
 
 REPO, REV, NAME = "bench/resume", "main", "file.bin"
 MIB = 2**20
-
-
-def parse_rate(text: str) -> int:
-    text = text.strip().lower()
-    mult = {"k": 2**10, "m": 2**20, "g": 2**30}.get(text[-1:], 1)
-    return int(float(text.rstrip("kmg")) * mult)
 
 
 def make_file(path: Path, size: int) -> str:
@@ -62,11 +57,6 @@ def make_file(path: Path, size: int) -> str:
             h.update(block)
             left -= n
     return h.hexdigest()
-
-
-def sha_of(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def get_cmd(hf: HFServer, dest: Path, sha: str, other_host: str | None) -> list[str]:
@@ -123,7 +113,7 @@ def attempt_final(hf: HFServer, dest: Path, sha: str, env: dict[str, str]) -> bo
         for line in r.stderr.splitlines():
             if "resum" in line or "complete" in line:
                 print("  final run:", line[:300], flush=True)
-    return r.returncode == 0 and dest.exists() and sha_of(dest) == sha
+    return r.returncode == 0 and dest.exists() and sha256_file(dest) == sha
 
 
 def run_case(hf: HFServer, work: Path, sha: str, size: int, kills: int, other_host: str | None,

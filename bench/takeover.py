@@ -39,21 +39,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
+from common import parse_rate, sha256_file  # noqa: E402  (bench/ is sys.path[0])
 from tests.support.hf_server import HFServer  # noqa: E402
 
 REPO, REV, NAME = "bench/takeover", "main", "file.bin"
 MIB = 2**20
-
-
-def parse_rate(text: str) -> int:
-    text = text.strip().lower()
-    mult = {"k": 2**10, "m": 2**20, "g": 2**30}.get(text[-1:], 1)
-    return int(float(text.rstrip("kmg")) * mult)
-
-
-def sha_of(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def writer(host: str, store: Path, manifest: Path, hf: HFServer) -> subprocess.Popen:
@@ -78,7 +68,7 @@ def run_case(hf: HFServer, work: Path, manifest: Path, sha: str, size: int, froz
     b = writer("hostB", store, manifest, hf)
     out, _ = b.communicate(timeout=900)
     final = store / "vae" / NAME
-    ok = b.returncode == 0 and final.exists() and sha_of(final) == sha
+    ok = b.returncode == 0 and final.exists() and sha256_file(final) == sha
     untouched = True
     if frozen:
         before = final.stat()
@@ -86,7 +76,7 @@ def run_case(hf: HFServer, work: Path, manifest: Path, sha: str, size: int, froz
         a.communicate(timeout=300)
         after = final.stat()
         untouched = (before.st_ino, before.st_mtime_ns, before.st_ctime_ns) == (
-            after.st_ino, after.st_mtime_ns, after.st_ctime_ns) and sha_of(final) == sha
+            after.st_ino, after.st_mtime_ns, after.st_ctime_ns) and sha256_file(final) == sha
     else:
         a.wait()
     return hf.bytes_served / size, ok, untouched, frac
